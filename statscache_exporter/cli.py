@@ -1,0 +1,185 @@
+"""The ``statscache-exporter`` command.
+
+Exit codes:
+
+- 0: success (``run``: stopped by SIGTERM/SIGINT after a final flush);
+- 1: a runtime failure: the store cannot be opened or written, a replay file cannot be read;
+- 2: a usage or configuration error (bad option, bad config key, unknown plugin, bad plugin).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+
+from statscache_exporter import __version__, config as configuration, logs
+from statscache_exporter.config import Config, ConfigError
+from statscache_exporter.plugin import PluginError, discover
+from statscache_exporter.store import StoreError
+
+log = logging.getLogger("statscache_exporter")
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="statscache-exporter",
+        description="Turns the Fedora message bus into time-series metrics.",
+        epilog="Exit codes: 0 success, 1 runtime failure (store, input files), "
+        "2 usage or configuration error.",
+    )
+    top.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument(
+            "--config",
+            metavar="PATH",
+            help=f"config file (default: ${configuration.ENV_VAR} or ./{configuration.DEFAULT_PATH})",
+        )
+        return p
+
+    command("run", "Run the exporter: the configured sources into the store, until SIGTERM.")
+    replay = command(
+        "replay",
+        "Feed files of messages (JSON Lines of any message shape, datagrepper pages, gzip) "
+        "through the pipeline into the store, flush, print a summary and exit.",
+    )
+    replay.add_argument("files", nargs="+", metavar="FILE")
+    replay.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    plugins = command("plugins", "List the installed plugins with their metrics and docs.")
+    plugins.add_argument("--json", action="store_true", help="print the list as JSON")
+    command("check-config", "Validate the config and print the effective config, secrets masked.")
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        config = configuration.load(configuration.config_path(args.config))
+        logs.setup(config.logging)
+        handler = {
+            "run": _run,
+            "replay": _replay,
+            "plugins": _plugins,
+            "check-config": _check_config,
+        }[args.command]
+        return handler(config, args)
+    except (ConfigError, PluginError) as exc:
+        print(f"statscache-exporter: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (StoreError, OSError) as exc:
+        print(f"statscache-exporter: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _run(config: Config, args: argparse.Namespace) -> int:
+    from statscache_exporter import daemon
+
+    return daemon.run(config)
+
+
+def _replay(config: Config, args: argparse.Namespace) -> int:
+    from statscache_exporter.pipeline import open_pipeline
+    from statscache_exporter.sources.replay import read
+
+    pipeline = open_pipeline(config)
+    started = time.monotonic()
+    read_count = 0
+    try:
+        for path in args.files:
+            for item in read(path):
+                read_count += 1
+                pipeline.handle(item, "replay")
+        pipeline.flush()
+        summary = _summary(pipeline, read_count, time.monotonic() - started)
+    finally:
+        pipeline.store.close()
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+    else:
+        _print_summary(summary)
+    return EXIT_OK
+
+
+def _summary(pipeline: Any, read_count: int, seconds: float) -> dict[str, Any]:
+    stats = pipeline.stats
+    series = pipeline.store.series_per_plugin()
+    return {
+        "messages_read": read_count,
+        "processed": sum(stats.processed.values()),
+        "rejected": stats.rejected_by_reason(),
+        "rejected_total": sum(stats.rejected.values()),
+        "duplicates": sum(stats.duplicates.values()),
+        "plugins": {
+            ident: {"series": series.get(ident, 0), "errors": stats.plugin_errors.get(ident, 0)}
+            for ident in pipeline.plugin_idents
+        },
+        "seconds": round(seconds, 3),
+    }
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    print(f"messages read   {s['messages_read']:>10}")
+    print(f"processed       {s['processed']:>10}")
+    print(f"duplicates      {s['duplicates']:>10}")
+    print(f"rejected        {s['rejected_total']:>10}")
+    for reason, n in s["rejected"].items():
+        print(f"  {reason:<14}{n:>10}")
+    print(f"{'plugin':<24}{'series':>8}{'errors':>8}")
+    for ident, p in s["plugins"].items():
+        print(f"{ident:<24}{p['series']:>8}{p['errors']:>8}")
+    print(f"took {s['seconds']:.2f} s")
+
+
+def _plugins(config: Config, args: argparse.Namespace) -> int:
+    available = discover()
+    enabled = {i for i, p in config.plugins.items() if not p.enabled}
+    listing = [
+        {
+            "ident": cls.ident,
+            "name": cls.name,
+            "summary": cls.summary,
+            "description": cls.description,
+            "enabled": ident not in enabled,
+            "metrics": [
+                {"name": m.name, "kind": m.kind, "help": m.help, "labels": list(m.labels)}
+                for m in cls.metrics
+            ],
+        }
+        for ident, cls in available.items()
+    ]
+    if args.json:
+        print(json.dumps(listing, indent=2))
+        return EXIT_OK
+    for p in listing:
+        state = "" if p["enabled"] else "  (disabled)"
+        print(f"{p['ident']}: {p['name']}{state}\n    {p['summary']}")
+        if p["description"]:
+            print(f"    {p['description']}")
+        for m in p["metrics"]:
+            labels = "{" + ", ".join(m["labels"]) + "}" if m["labels"] else ""
+            print(f"    - {m['name']}{labels} ({m['kind']}): {m['help']}")
+    return EXIT_OK
+
+
+def _check_config(config: Config, args: argparse.Namespace) -> int:
+    from statscache_exporter.pipeline import enabled_plugins
+
+    plugins = enabled_plugins(config, discover())
+    print(f"# config OK; plugins enabled: {', '.join(type(p).ident for p in plugins)}")
+    print(yaml.safe_dump(configuration.to_plain(config), sort_keys=False), end="")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,362 @@
+"""Typed configuration, validated once at load.
+
+The YAML file maps onto the dataclasses below. Every mistake is a :class:`ConfigError` that
+names the key's path (``store.flush_interval``, ``sources[0].type``) and, where there are any,
+the valid choices. Strings may hold ``${NAME}`` (or ``${NAME:-default}``) to take a value, such
+as a password, from the environment. Durations are written ``500ms``, ``1s``, ``5m``, ``48h``,
+``7d``, ``2w`` or as a number of seconds.
+
+``config.yaml`` at the top of the repository documents every key; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from statscache_exporter.message import DEFAULT_ENVIRONMENTS
+
+DEFAULT_PATH = "config.yaml"
+ENV_VAR = "STATSCACHE_CONFIG"
+SECRET_KEYS = re.compile(r"(password|passwd|token|secret|key_password)$", re.IGNORECASE)
+
+
+class ConfigError(ValueError):
+    """A config mistake; ``str()`` starts with the key's path."""
+
+
+# --- the schema ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    path: str = "var/statscache.sqlite"
+    flush_interval: timedelta = timedelta(seconds=1)
+    max_batch: int = 20_000
+    dedup_window: timedelta = timedelta(hours=48)
+    synchronous: Literal["normal", "full"] = "full"
+    retention: dict[str, timedelta | None] = field(
+        default_factory=lambda: {
+            "1s": timedelta(days=2),
+            "1m": timedelta(days=30),
+            "1h": timedelta(days=400),
+            "1d": None,
+        }
+    )
+
+
+@dataclass(frozen=True)
+class AggregationConfig:
+    interval: timedelta = timedelta(seconds=1)
+    resolutions: tuple[timedelta, ...] = (
+        timedelta(minutes=1),
+        timedelta(hours=1),
+        timedelta(days=1),
+    )
+
+
+@dataclass(frozen=True)
+class MessagesConfig:
+    environments: tuple[str, ...] = tuple(sorted(DEFAULT_ENVIRONMENTS))
+    schemas: bool = True
+    max_clock_skew: timedelta = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class ReplaySourceConfig:
+    type: Literal["replay"]
+    paths: tuple[str, ...]
+    name: str = ""
+
+
+SourceConfig = ReplaySourceConfig
+#: ``type`` value → source config class; each live-source issue adds its own.
+SOURCE_TYPES: dict[str, type] = {"replay": ReplaySourceConfig}
+
+
+@dataclass(frozen=True)
+class PluginConfig:
+    enabled: bool = True
+    backlog_delta: timedelta | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+
+@dataclass(frozen=True)
+class Config:
+    store: StoreConfig = field(default_factory=StoreConfig)
+    aggregation: AggregationConfig = field(default_factory=AggregationConfig)
+    messages: MessagesConfig = field(default_factory=MessagesConfig)
+    sources: tuple[SourceConfig, ...] = ()
+    plugins: dict[str, PluginConfig] = field(default_factory=dict)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def resolutions(self) -> tuple[int, ...]:
+        """Every bucket size in whole seconds, finest first."""
+        sizes = {self.aggregation.interval, *self.aggregation.resolutions}
+        return tuple(sorted(int(d.total_seconds()) for d in sizes))
+
+    def retention_seconds(self) -> dict[int, float | None]:
+        """Resolution in seconds → how long its buckets are kept (None: forever)."""
+        keep = {int(parse_duration(k, "").total_seconds()): v for k, v in self.store.retention.items()}
+        return {
+            res: (keep[res].total_seconds() if keep.get(res) is not None else None)  # type: ignore[union-attr]
+            for res in self.resolutions()
+        }
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+def config_path(cli_value: str | None) -> Path:
+    """``--config`` if given, else ``$STATSCACHE_CONFIG``, else ``./config.yaml``."""
+    return Path(cli_value or os.environ.get(ENV_VAR) or DEFAULT_PATH)
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate a config file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read config file: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    return from_dict(data if data is not None else {}, source=str(p))
+
+
+def from_dict(data: Any, source: str = "config") -> Config:
+    """Validate an already-parsed config mapping."""
+    config = build(Config, data, "")
+    _check(config)
+    return config
+
+
+def _check(config: Config) -> None:
+    """Rules that span keys."""
+    interval = config.aggregation.interval
+    if interval.total_seconds() < 1 or interval.total_seconds() % 1:
+        raise ConfigError("aggregation.interval: must be a whole number of seconds ≥ 1")
+    for i, res in enumerate(config.aggregation.resolutions):
+        if res.total_seconds() % interval.total_seconds():
+            raise ConfigError(
+                f"aggregation.resolutions[{i}]: {format_duration(res)} is not a multiple of "
+                f"aggregation.interval ({format_duration(interval)})"
+            )
+    valid = {format_duration(timedelta(seconds=s)) for s in config.resolutions()}
+    for key in config.store.retention:
+        if format_duration(parse_duration(key, f"store.retention.{key}")) not in valid:
+            raise ConfigError(
+                f"store.retention.{key}: not a configured resolution; valid: {sorted(valid)}"
+            )
+    if config.store.flush_interval <= timedelta(0):
+        raise ConfigError("store.flush_interval: must be more than 0")
+    if config.store.max_batch < 1:
+        raise ConfigError("store.max_batch: must be at least 1")
+    names = [s.name for s in config.sources if s.name]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(f"sources: two sources are named {name!r}; names must be unique")
+
+
+# --- generic dataclass builder ---------------------------------------------------------------
+
+
+def build(cls: Any, data: Any, path: str) -> Any:
+    """Build dataclass ``cls`` from ``data``, checking every key and type on the way."""
+    hints = get_type_hints(cls)
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path or '(top level)'}: expected a mapping, got {_kind(data)}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            raise ConfigError(
+                f"{_join(path, str(key))}: unknown key; valid keys: {', '.join(fields)}"
+            )
+    values: dict[str, Any] = {}
+    for name, f in fields.items():
+        where = _join(path, name)
+        if name in data:
+            values[name] = convert(hints[name], data[name], where)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{where}: required key is missing")
+    return cls(**values)
+
+
+def convert(tp: Any, value: Any, path: str) -> Any:
+    """Check and convert one value against a type hint."""
+    origin, args = get_origin(tp), get_args(tp)
+    if isinstance(value, str):
+        value = _expand_env(value, path)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        return _convert_union(args, value, path)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{path}: {value!r} is not a valid choice; valid: {', '.join(map(str, args))}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, path)
+    if tp is timedelta:
+        return parse_duration(value, path)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {_kind(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected a whole number, got {_kind(value)}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{path}: expected a number, got {_kind(value)}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {_kind(value)}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list, got {_kind(value)}")
+        item = args[0]
+        items = [_convert_item(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a mapping, got {_kind(value)}")
+        return {str(k): convert(args[1], v, _join(path, str(k))) for k, v in value.items()}
+    raise TypeError(f"config schema has an unsupported type {tp!r} at {path}")
+
+
+def _convert_item(tp: Any, value: Any, path: str) -> Any:
+    if tp is SourceConfig or tp is ReplaySourceConfig:
+        return _convert_source(value, path)
+    return convert(tp, value, path)
+
+
+def _convert_source(value: Any, path: str) -> Any:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{path}: expected a mapping with a 'type', got {_kind(value)}")
+    kind = value.get("type")
+    if kind not in SOURCE_TYPES:
+        raise ConfigError(f"{path}.type: {kind!r} is not a source type; valid: {', '.join(SOURCE_TYPES)}")
+    return build(SOURCE_TYPES[kind], value, path)
+
+
+def _convert_union(args: tuple[Any, ...], value: Any, path: str) -> Any:
+    if value is None:
+        if type(None) in args:
+            return None
+        raise ConfigError(f"{path}: must not be empty")
+    if timedelta in args and type(None) in args and value in ("forever", "never", "none"):
+        return None
+    rest = [a for a in args if a is not type(None)]
+    errors = []
+    for tp in rest:
+        try:
+            return convert(tp, value, path)
+        except ConfigError as exc:
+            errors.append(str(exc))
+    raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: {_kind(value)} fits none of {rest}")
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand_env(value: str, path: str) -> str:
+    def sub(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"{path}: environment variable {name} is not set")
+
+    return _ENV_REF.sub(sub, value)
+
+
+# --- durations -----------------------------------------------------------------------------
+
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
+
+
+def parse_duration(value: Any, path: str) -> timedelta:
+    """``1s``, ``5m``, ``48h``, ``7d``, ``2w``, ``500ms``, or a number of seconds."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{path}: expected a duration such as 1s, 5m, 48h, got {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    else:
+        raise ConfigError(
+            f"{path}: {value!r} is not a duration; write e.g. 500ms, 1s, 5m, 48h, 7d, 2w or seconds"
+        )
+    if seconds < 0:
+        raise ConfigError(f"{path}: a duration cannot be negative")
+    return timedelta(seconds=seconds)
+
+
+def format_duration(d: timedelta) -> str:
+    """The shortest exact spelling: 1s, 5m, 48h → 2d, 1500ms."""
+    ms = round(d.total_seconds() * 1000)
+    for unit, size in (("w", 604800000), ("d", 86400000), ("h", 3600000), ("m", 60000), ("s", 1000)):
+        if ms and ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
+
+
+# --- showing -------------------------------------------------------------------------------
+
+
+def to_plain(value: Any, key: str = "") -> Any:
+    """The config as plain YAML-able data, durations spelled out and secrets masked."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_plain(getattr(value, f.name), f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, timedelta):
+        return format_duration(value)
+    if isinstance(value, Mapping):
+        return {str(k): to_plain(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_plain(v, key) for v in value]
+    if isinstance(value, str) and value and SECRET_KEYS.search(key):
+        return "********"
+    return value
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"a boolean ({value})"
+    if isinstance(value, str):
+        return f"a string ({value[:40]!r})"
+    if isinstance(value, int | float):
+        return f"a number ({value})"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    return type(value).__name__

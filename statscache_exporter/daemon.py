@@ -1,0 +1,113 @@
+"""``run``: the long-running exporter. Sources run in threads and hand raw messages to one
+pipeline thread through a bounded queue; the pipeline thread handles them and flushes on the
+flush interval, also when the bus is quiet. SIGTERM or SIGINT: stop the sources, handle what
+they already handed over, flush once more, exit 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from statscache_exporter.config import Config, ReplaySourceConfig
+from statscache_exporter.pipeline import Pipeline, open_pipeline
+from statscache_exporter.sources import Source
+from statscache_exporter.sources.replay import ReplaySource
+
+log = logging.getLogger(__name__)
+
+QUEUE_SIZE = 10_000
+
+
+def make_sources(config: Config) -> list[Source]:
+    sources: list[Source] = []
+    for i, sc in enumerate(config.sources):
+        name = sc.name or f"{sc.type}{i}"
+        if isinstance(sc, ReplaySourceConfig):
+            sources.append(ReplaySource(sc.paths, name))
+    return sources
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.stop = threading.Event()
+        self.queue: queue.Queue[tuple[str, Any]] = queue.Queue(QUEUE_SIZE)
+        self.pipeline: Pipeline = open_pipeline(config)
+        self.sources = make_sources(config)
+        self.threads: list[threading.Thread] = []
+
+    def _emitter(self, name: str) -> Callable[[Any], None]:
+        def emit(raw: Any) -> None:
+            while not self.stop.is_set():
+                try:
+                    self.queue.put((name, raw), timeout=0.5)
+                    return
+                except queue.Full:
+                    continue
+
+        return emit
+
+    def _run_source(self, source: Source) -> None:
+        try:
+            source.run(self._emitter(source.name), self.stop)
+            log.info("source %s has no more messages", source.name)
+        except Exception:
+            log.exception("source %s failed", source.name)
+
+    def start(self) -> None:
+        for source in self.sources:
+            t = threading.Thread(target=self._run_source, args=(source,), name=source.name, daemon=True)
+            t.start()
+            self.threads.append(t)
+        log.info(
+            "running with %d source(s) and plugins %s; store %s",
+            len(self.sources), ", ".join(self.pipeline.plugin_idents), self.config.store.path,
+        )
+
+    def loop(self) -> None:
+        """Handle messages and flush on time until stopped."""
+        interval = self.config.store.flush_interval.total_seconds()
+        while not self.stop.is_set():
+            try:
+                name, raw = self.queue.get(timeout=interval)
+            except queue.Empty:
+                pass
+            else:
+                self.pipeline.handle(raw, name)
+            if self.pipeline.flush_due():
+                self.pipeline.flush()
+
+    def shutdown(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=5)
+        while True:
+            try:
+                name, raw = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            self.pipeline.handle(raw, name)
+        self.pipeline.close()
+        log.info("stopped after a final flush")
+
+
+def run(config: Config) -> int:
+    daemon = Daemon(config)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        daemon.stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    daemon.start()
+    try:
+        daemon.loop()
+    finally:
+        daemon.shutdown()
+    return 0

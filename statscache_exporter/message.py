@@ -1,0 +1,322 @@
+"""The one message type, and normalizers from every shape the Fedora bus has used.
+
+Four shapes reach the exporter:
+
+- a fedmsg envelope (``topic``, ``msg``, ``timestamp``, ``msg_id``, ``username``, ...);
+- a fedora-messaging message, either the live object or its JSON form
+  (``id``, ``topic``, ``headers``, ``body``, ``queue``, ``priority``);
+- a datagrepper ``/raw`` item (a fedmsg envelope plus ``users``, ``packages``, ``agent_name``);
+- a datagrepper ``/v2`` item, which is the JSON form of a fedora-messaging message.
+
+Whatever the shape, the result is a :class:`Message`, or a :class:`Rejected` error whose
+``reason`` is one of :data:`REJECT_REASONS`. Normalizers never raise anything else, so a broken
+message is counted and logged by the pipeline instead of stopping the daemon.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from statscache_exporter import schemas
+
+#: Every reason a message can be rejected for; self-metrics and summaries count by these.
+REJECT_REASONS = (
+    "not_json",  # the bytes are not JSON (or not UTF-8)
+    "not_object",  # the JSON is not an object
+    "unknown_shape",  # an object, but none of the four message shapes
+    "no_topic",  # topic missing, empty or not a string
+    "bad_timestamp",  # timestamp missing, not a number/ISO 8601 string, or before the epoch
+    "bad_body",  # the body is not a JSON object
+    "bad_id",  # the id is present but not a non-empty string
+    "future_timestamp",  # further in the future than the configured clock skew (pipeline)
+)
+
+#: Deployment environments that may stand third in a topic (``<prefix>.<env>.<category>``).
+DEFAULT_ENVIRONMENTS = frozenset({"prod", "stg", "dev", "stage", "test", "local"})
+
+_USER_FLAG = "fedora_messaging_user_"
+_PACKAGE_FLAG = "fedora_messaging_rpm_"
+
+
+class Rejected(ValueError):
+    """A message that cannot be normalized; ``reason`` is one of :data:`REJECT_REASONS`."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        assert reason in REJECT_REASONS, reason
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A bus message in one shape, whatever it arrived as.
+
+    ``timestamp`` is timezone-aware UTC; ``epoch`` is the same instant in seconds, which the
+    aggregation uses for bucketing. ``usernames`` and ``packages`` are sorted and unique.
+    """
+
+    id: str
+    topic: str
+    timestamp: datetime
+    body: Mapping[str, Any]
+    headers: Mapping[str, Any]
+    category: str | None
+    usernames: tuple[str, ...]
+    packages: tuple[str, ...]
+    agent: str | None
+
+    @property
+    def epoch(self) -> float:
+        return self.timestamp.timestamp()
+
+
+def category_of(topic: str, environments: Iterable[str] = DEFAULT_ENVIRONMENTS) -> str | None:
+    """The category of a topic: ``topic.split('.')[3]`` when the topic carries a
+    ``<prefix>.<env>.`` prefix, else its first component (fedora-messaging schema topics such
+    as ``bodhi.update.comment`` have none)."""
+    parts = topic.split(".")
+    envs = environments if isinstance(environments, frozenset | set) else set(environments)
+    if len(parts) >= 4 and parts[2] in envs:
+        return parts[3] or None
+    return parts[0] or None
+
+
+def loads(data: bytes | str) -> Any:
+    """Parse JSON, turning every failure (including bad UTF-8) into a ``not_json`` rejection."""
+    try:
+        if isinstance(data, bytes):
+            data = data.decode("utf-8")
+        return json.loads(data)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise Rejected("not_json", str(exc)[:200]) from None
+
+
+def normalize(
+    obj: Any, environments: Iterable[str] = DEFAULT_ENVIRONMENTS, use_schemas: bool = True
+) -> Message:
+    """A :class:`Message` from any of the four shapes, recognised by their keys."""
+    if not isinstance(obj, dict):
+        if _is_fedora_messaging_object(obj):
+            return from_fedora_messaging(obj, environments, use_schemas)
+        raise Rejected("not_object", f"expected a JSON object, got {type(obj).__name__}")
+    if "msg" in obj and "body" not in obj:
+        if "users" in obj or "packages" in obj or "agent_name" in obj:
+            return from_datagrepper_raw(obj, environments, use_schemas)
+        return from_fedmsg(obj, environments, use_schemas)
+    if "body" in obj:
+        return from_datagrepper_v2(obj, environments, use_schemas)
+    if "topic" not in obj:
+        raise Rejected("no_topic", "no 'topic' key (and no 'msg' or 'body' either)")
+    raise Rejected("unknown_shape", f"keys {sorted(obj)[:12]} match no known message shape")
+
+
+def from_fedmsg(
+    env: Mapping[str, Any],
+    environments: Iterable[str] = DEFAULT_ENVIRONMENTS,
+    use_schemas: bool = True,
+) -> Message:
+    """A fedmsg envelope: ``timestamp`` in epoch seconds, ``msg`` as the body."""
+    topic = _topic(env.get("topic"))
+    body = _body(env.get("msg"), "msg")
+    headers = _headers(env.get("headers"))
+    when = _epoch_timestamp(env.get("timestamp"), "timestamp")
+    msg_id = _message_id(env.get("msg_id"), "msg_id", topic, when, body)
+    return _build(msg_id, topic, when, body, headers, environments, use_schemas)
+
+
+def from_datagrepper_raw(
+    item: Mapping[str, Any],
+    environments: Iterable[str] = DEFAULT_ENVIRONMENTS,
+    use_schemas: bool = True,
+) -> Message:
+    """A datagrepper ``/raw`` item: an envelope whose ``users``, ``packages`` and
+    ``agent_name`` datanommer already computed; those win over any other source."""
+    topic = _topic(item.get("topic"))
+    body = _body(item.get("msg"), "msg")
+    headers = _headers(item.get("headers"))
+    when = _epoch_timestamp(item.get("timestamp"), "timestamp")
+    msg_id = _message_id(item.get("msg_id"), "msg_id", topic, when, body)
+    carried = _Carried(
+        usernames=_string_list(item.get("users")) if "users" in item else None,
+        packages=_string_list(item.get("packages")) if "packages" in item else None,
+        agent=item["agent_name"] if isinstance(item.get("agent_name"), str) else None,
+    )
+    return _build(msg_id, topic, when, body, headers, environments, use_schemas, carried)
+
+
+def from_datagrepper_v2(
+    item: Mapping[str, Any],
+    environments: Iterable[str] = DEFAULT_ENVIRONMENTS,
+    use_schemas: bool = True,
+) -> Message:
+    """A datagrepper ``/v2`` item, which is also the JSON form of a fedora-messaging message
+    (``fedora_messaging.message.dumps``): time from the ``sent-at`` header."""
+    topic = _topic(item.get("topic"))
+    body = _body(item.get("body"), "body")
+    headers = _headers(item.get("headers"))
+    when = _iso_timestamp(headers.get("sent-at"), "headers.sent-at")
+    msg_id = _message_id(item.get("id"), "id", topic, when, body)
+    return _build(msg_id, topic, when, body, headers, environments, use_schemas)
+
+
+def from_fedora_messaging(
+    message: Any,
+    environments: Iterable[str] = DEFAULT_ENVIRONMENTS,
+    use_schemas: bool = True,
+) -> Message:
+    """A live ``fedora_messaging.message.Message``; its own class is the schema, so its
+    ``usernames``/``packages``/``agent_name`` are asked directly (guarded)."""
+    headers = _headers(getattr(message, "_headers", None))
+    item = {
+        "id": getattr(message, "id", None),
+        "topic": getattr(message, "topic", None),
+        "body": getattr(message, "body", None),
+        "headers": headers,
+    }
+    topic = _topic(item["topic"])
+    body = _body(item["body"], "body")
+    when = _iso_timestamp(headers.get("sent-at"), "headers.sent-at")
+    msg_id = _message_id(item["id"], "id", topic, when, body)
+    carried = _carried_from_headers(headers)
+    if use_schemas:
+        carried = carried.fill(schemas.facts_of(message))
+    return _build(msg_id, topic, when, body, headers, environments, False, carried)
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Carried:
+    """What the message itself says about usernames, packages and agent (None: unknown)."""
+
+    usernames: tuple[str, ...] | None = None
+    packages: tuple[str, ...] | None = None
+    agent: str | None = None
+
+    def fill(self, facts: schemas.Facts) -> _Carried:
+        return _Carried(
+            usernames=self.usernames if self.usernames is not None else facts.usernames,
+            packages=self.packages if self.packages is not None else facts.packages,
+            agent=self.agent if self.agent is not None else facts.agent,
+        )
+
+
+def _build(
+    msg_id: str,
+    topic: str,
+    when: datetime,
+    body: Mapping[str, Any],
+    headers: Mapping[str, Any],
+    environments: Iterable[str],
+    use_schemas: bool,
+    carried: _Carried | None = None,
+) -> Message:
+    if carried is None:
+        carried = _carried_from_headers(headers)
+    if use_schemas and (
+        carried.usernames is None or carried.packages is None or carried.agent is None
+    ):
+        carried = carried.fill(schemas.facts_for(topic, body, headers))
+    return Message(
+        id=msg_id,
+        topic=topic,
+        timestamp=when,
+        body=body,
+        headers=headers,
+        category=category_of(topic, environments),
+        usernames=carried.usernames or (),
+        packages=carried.packages or (),
+        agent=carried.agent,
+    )
+
+
+def _carried_from_headers(headers: Mapping[str, Any]) -> _Carried:
+    """fedora-messaging's header flags: ``fedora_messaging_user_<name>: true`` and
+    ``fedora_messaging_rpm_<pkg>: true``. A kind with no flag is unknown, not empty; the
+    headers carry no agent."""
+    users = sorted(
+        {k[len(_USER_FLAG) :] for k, v in headers.items() if k.startswith(_USER_FLAG) and v}
+    )
+    pkgs = sorted(
+        {k[len(_PACKAGE_FLAG) :] for k, v in headers.items() if k.startswith(_PACKAGE_FLAG) and v}
+    )
+    return _Carried(
+        usernames=tuple(users) if users else None,
+        packages=tuple(pkgs) if pkgs else None,
+    )
+
+
+def _topic(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise Rejected("no_topic", f"topic is {value!r}")
+    return value
+
+
+def _body(value: Any, key: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise Rejected("bad_body", f"{key} is a {type(value).__name__}, not an object")
+    return value
+
+
+def _headers(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _epoch_timestamp(value: Any, key: str) -> datetime:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise Rejected("bad_timestamp", f"{key} is {value!r}")
+    try:
+        seconds = float(value)
+    except ValueError:
+        return _iso_timestamp(value, key)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise Rejected("bad_timestamp", f"{key} is {value!r}")
+    try:
+        return datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, OSError, ValueError):
+        raise Rejected("bad_timestamp", f"{key} {value!r} is out of range") from None
+
+
+def _iso_timestamp(value: Any, key: str) -> datetime:
+    """ISO 8601; a time without an offset is taken as UTC (fedora-messaging always sends one)."""
+    if not isinstance(value, str):
+        raise Rejected("bad_timestamp", f"{key} is {value!r}")
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise Rejected("bad_timestamp", f"{key} {value[:64]!r} is not ISO 8601") from None
+    when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    if when.timestamp() < 0:
+        raise Rejected("bad_timestamp", f"{key} {value!r} is before the epoch")
+    return when
+
+
+def _message_id(
+    value: Any, key: str, topic: str, when: datetime, body: Mapping[str, Any]
+) -> str:
+    """The message's id; a message without one (old fedmsg test envelopes) gets a stable
+    ``sha256:`` id of its topic, time and body, so that replaying it twice still dedups."""
+    if value is None:
+        canonical = json.dumps([topic, when.timestamp(), body], sort_keys=True, default=str)
+        return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+    if not isinstance(value, str) or not value:
+        raise Rejected("bad_id", f"{key} is {value!r}")
+    return value
+
+
+def _string_list(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple):
+        return ()
+    return tuple(sorted({v for v in value if isinstance(v, str) and v}))
+
+
+def _is_fedora_messaging_object(obj: Any) -> bool:
+    return hasattr(obj, "_headers") and hasattr(obj, "topic") and hasattr(obj, "body")

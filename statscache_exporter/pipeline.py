@@ -1,0 +1,258 @@
+"""The pipeline: how a message flows from a source to the store.
+
+::
+
+    sources/               message.py          pipeline.py            plugin.py
+    ┌──────────────┐ raw  ┌───────────┐ Message ┌─────────┐ Message ┌──────────────────┐
+    │ replay       │─────▶│ normalize │────────▶│ dedup   │────────▶│ each plugin,     │
+    │ (AMQP, fedmsg│      │ (4 shapes)│         │ by id   │         │ isolated: out.inc│
+    │  poll: later)│      └─────┬─────┘         └────┬────┘         │ / out.set        │
+    └──────────────┘            │ Rejected           │ duplicate    └────────┬─────────┘
+                                ▼                    ▼                       │ emissions
+                         counted by reason     counted per source            ▼
+                                                                     aggregate.py
+                                                            per-bucket values at 1 s, 1 m,
+                                                            1 h, 1 d (message time) + totals
+                                                                             │ every flush_interval
+                                                                             ▼
+                                                                     store.py (SQLite, WAL)
+                                                       ONE transaction: message ids, buckets,
+                                                       totals, checkpoint covered_until
+
+The pipeline is single-threaded: the daemon (or ``replay``) calls :meth:`Pipeline.handle` and
+:meth:`Pipeline.flush` from one thread; sources run in their own threads and hand messages over
+through a queue. Plugins are pure and never see the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from statscache_exporter import message as messages
+from statscache_exporter.aggregate import Aggregator
+from statscache_exporter.config import Config, ConfigError, build, format_duration
+from statscache_exporter.message import Message, Rejected
+from statscache_exporter.plugin import Metric, Output, Plugin, PluginError, check_unique_metrics
+from statscache_exporter.store import FlushResult, Store, StoreError
+
+log = logging.getLogger(__name__)
+
+Outcome = Literal["processed", "duplicate", "rejected"]
+
+
+@dataclass
+class Stats:
+    """The pipeline's own counts, per source where that makes sense (self-metrics)."""
+
+    received: Counter[str] = field(default_factory=Counter)
+    processed: Counter[str] = field(default_factory=Counter)
+    duplicates: Counter[str] = field(default_factory=Counter)
+    rejected: Counter[tuple[str, str]] = field(default_factory=Counter)  # (source, reason)
+    plugin_errors: Counter[str] = field(default_factory=Counter)
+    flushes: int = 0
+    last_flush_seconds: float = 0.0
+    last_flush_at: float | None = None
+    newest_message: float | None = None
+
+    def rejected_by_reason(self) -> dict[str, int]:
+        by_reason: Counter[str] = Counter()
+        for (_, reason), n in self.rejected.items():
+            by_reason[reason] += n
+        return dict(sorted(by_reason.items()))
+
+
+def enabled_plugins(config: Config, available: Mapping[str, type[Plugin]]) -> list[Plugin]:
+    """Instantiate the plugins the config enables (all installed ones unless disabled), with
+    their options validated against each plugin's ``Options`` dataclass."""
+    for ident in config.plugins:
+        if ident not in available:
+            raise ConfigError(
+                f"plugins.{ident}: no such plugin; available: {', '.join(available) or 'none'}"
+            )
+    chosen: list[Plugin] = []
+    for ident, cls in available.items():
+        settings = config.plugins.get(ident)
+        if settings is not None and not settings.enabled:
+            continue
+        options = build(cls.Options, settings.options if settings else {}, f"plugins.{ident}.options")
+        chosen.append(cls(options))
+    check_unique_metrics(type(p) for p in chosen)
+    return chosen
+
+
+class _Runner:
+    """One plugin, wrapped: a reused Output checked against its declarations."""
+
+    __slots__ = ("ident", "out", "plugin")
+
+    def __init__(self, plugin: Plugin) -> None:
+        self.plugin = plugin
+        self.ident = type(plugin).ident
+        self.out = Output(self.ident, {m.name: m for m in type(plugin).metrics})
+
+
+class Pipeline:
+    """normalize → dedup → plugins → aggregate, and flush to the store."""
+
+    def __init__(
+        self,
+        config: Config,
+        plugins: Sequence[Plugin],
+        store: Store,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.stats = Stats()
+        self._runners = [_Runner(p) for p in plugins]
+        self._environments = frozenset(config.messages.environments)
+        self._use_schemas = config.messages.schemas
+        self._max_skew = config.messages.max_clock_skew.total_seconds()
+        self._flush_every = config.store.flush_interval.total_seconds()
+        self._max_batch = config.store.max_batch
+        self._retention = config.retention_seconds()
+        self._dedup_window = config.store.dedup_window.total_seconds()
+        self._pending_ids: set[str] = set()
+        self._last_flush = clock()
+        self._last_prune = 0.0
+        self._covered_until: datetime | None = None
+        self.aggregator = Aggregator(config.resolutions())
+        self.aggregator.restore(*store.load(self.metrics()))
+        self._rejections_logged: Counter[str] = Counter()
+
+    @property
+    def plugin_idents(self) -> list[str]:
+        return [r.ident for r in self._runners]
+
+    def metrics(self) -> dict[str, tuple[str, Metric]]:
+        """Every declared metric name → (plugin ident, declaration)."""
+        return {m.name: (r.ident, m) for r in self._runners for m in type(r.plugin).metrics}
+
+    # --- one message -------------------------------------------------------------------
+
+    def handle(self, raw: Any, source: str = "replay") -> Outcome:
+        """Take one message in any shape (bytes, str, dict, fedora-messaging object)."""
+        self.stats.received[source] += 1
+        try:
+            obj = messages.loads(raw) if isinstance(raw, bytes | str) else raw
+            message = messages.normalize(obj, self._environments, self._use_schemas)
+            if message.epoch > self.clock() + self._max_skew:
+                raise Rejected(
+                    "future_timestamp",
+                    f"{message.timestamp.isoformat()} is more than "
+                    f"{format_duration(self.config.messages.max_clock_skew)} ahead",
+                )
+        except Rejected as exc:
+            self._reject(source, exc)
+            return "rejected"
+        return self.process(message, source)
+
+    def process(self, message: Message, source: str = "replay") -> Outcome:
+        """Count one normalized message, once."""
+        if message.id in self._pending_ids or self.store.is_seen(message.id):
+            self.stats.duplicates[source] += 1
+            return "duplicate"
+        self._pending_ids.add(message.id)
+        ts, msg_id = message.epoch, message.id
+        add = self.aggregator.add
+        for runner in self._runners:
+            try:
+                runner.plugin.process(message, runner.out)
+            except Exception as exc:
+                runner.out.drain()
+                self._plugin_failed(runner.ident, message, exc)
+                continue
+            for metric, labels, amount in runner.out.drain():
+                add(runner.ident, metric, labels, amount, ts, msg_id)
+        self.stats.processed[source] += 1
+        newest = self.stats.newest_message
+        if newest is None or ts > newest:
+            self.stats.newest_message = ts
+        if len(self._pending_ids) >= self._max_batch or self.clock() - self._last_flush >= self._flush_every:
+            self.flush()
+        return "processed"
+
+    def _reject(self, source: str, exc: Rejected) -> None:
+        self.stats.rejected[(source, exc.reason)] += 1
+        n = self._rejections_logged[exc.reason] = self._rejections_logged[exc.reason] + 1
+        if n <= 10 or n % 1000 == 0:
+            log.warning("rejected a message from %s (%s, %d so far): %s", source, exc.reason, n, exc.detail)
+
+    def _plugin_failed(self, ident: str, message: Message, exc: Exception) -> None:
+        self.stats.plugin_errors[ident] += 1
+        n = self.stats.plugin_errors[ident]
+        if n <= 10 or n % 1000 == 0:
+            kind = "declaration mismatch" if isinstance(exc, PluginError) else "error"
+            log.error(
+                "plugin %s: %s on message %s (%s), %d so far: %r",
+                ident, kind, message.id, message.topic, n, exc,
+            )
+
+    # --- flushing ----------------------------------------------------------------------
+
+    def cover(self, until: datetime) -> None:
+        """A source vouches that every message up to ``until`` has been handed over; the
+        next flush records it as the checkpoint (never moving it back)."""
+        if self._covered_until is None or until > self._covered_until:
+            self._covered_until = until
+
+    def flush_due(self) -> bool:
+        return self.clock() - self._last_flush >= self._flush_every
+
+    def flush(self) -> FlushResult | None:
+        """Commit everything since the last flush in one transaction. On a store error the
+        batch is kept and retried by the next flush; the error propagates."""
+        started = time.monotonic()
+        self._last_flush = self.clock()
+        batch = self.aggregator.drain()
+        if not batch and not self._pending_ids and self._covered_until is None:
+            return None
+        try:
+            result = self.store.commit(batch, self._pending_ids, self._covered_until)
+        except StoreError:
+            self.aggregator.requeue(batch)
+            raise
+        self._pending_ids = set()
+        self._covered_until = None
+        self.stats.flushes += 1
+        self.stats.last_flush_seconds = time.monotonic() - started
+        self.stats.last_flush_at = self.clock()
+        self._maybe_prune()
+        return result
+
+    def _maybe_prune(self) -> None:
+        """Apply retention at most once a minute, relative to the newest message time (or
+        now, if that is earlier), so a replay of old history is not pruned as it lands."""
+        now = self.clock()
+        if now - self._last_prune < 60 or self.stats.newest_message is None:
+            return
+        self._last_prune = now
+        reference = min(now, self.stats.newest_message)
+        self.store.prune(self._retention, reference, self._dedup_window)
+
+    def close(self) -> None:
+        """Final flush, then close the store."""
+        try:
+            self.flush()
+        finally:
+            self.store.close()
+
+
+def open_pipeline(config: Config, available: Mapping[str, type[Plugin]] | None = None) -> Pipeline:
+    """The store, the enabled plugins and the pipeline over them, from a validated config."""
+    from statscache_exporter.plugin import discover
+
+    plugins = enabled_plugins(config, discover() if available is None else available)
+    store = Store(config.store.path, synchronous=config.store.synchronous.upper())
+    try:
+        return Pipeline(config, plugins, store)
+    except BaseException:
+        store.close()
+        raise

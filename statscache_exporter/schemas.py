@@ -1,0 +1,87 @@
+"""Usernames, packages and agent from fedora-messaging schema classes, when installed.
+
+Schema packages (bodhi-messages, koji-fedoramessaging-messages, copr-messaging, ...) register
+their classes in the entry-point group ``fedora.messages``; a message names its class in the
+``fedora_messaging_schema`` header. Schema properties are third-party code run on untrusted
+bodies: every call is guarded, and a property that raises or returns nonsense counts as unknown.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from importlib.metadata import entry_points
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SCHEMA_HEADER = "fedora_messaging_schema"
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What a schema class says of a message; None where it could not say."""
+
+    usernames: tuple[str, ...] | None = None
+    packages: tuple[str, ...] | None = None
+    agent: str | None = None
+
+
+NO_FACTS = Facts()
+
+
+@cache
+def registry() -> Mapping[str, type]:
+    """Schema name → class, from the ``fedora.messages`` entry points (loaded once)."""
+    classes: dict[str, type] = {}
+    for ep in entry_points(group="fedora.messages"):
+        try:
+            classes[ep.name] = ep.load()
+        except Exception as exc:  # a broken schema package must not break the exporter
+            log.warning("cannot load fedora-messaging schema %s: %s", ep.name, exc)
+    return classes
+
+
+def facts_for(topic: str, body: Mapping[str, Any], headers: Mapping[str, Any]) -> Facts:
+    """Facts from the schema class the headers name; NO_FACTS if none is installed."""
+    name = headers.get(SCHEMA_HEADER)
+    cls = registry().get(name) if isinstance(name, str) else None
+    if cls is None:
+        return NO_FACTS
+    try:
+        import pika  # fedora-messaging's own dependency
+
+        message = cls(body=body, topic=topic, properties=pika.BasicProperties(headers=dict(headers)))
+    except Exception as exc:
+        log.debug("schema %s cannot wrap a message on %s: %s", name, topic, exc)
+        return NO_FACTS
+    return facts_of(message)
+
+
+def facts_of(message: Any) -> Facts:
+    """Ask a fedora-messaging message object for its usernames, packages and agent."""
+    return Facts(
+        usernames=_names(_guarded(message, "usernames")),
+        packages=_names(_guarded(message, "packages")),
+        agent=_agent(_guarded(message, "agent_name")),
+    )
+
+
+def _guarded(message: Any, prop: str) -> Any:
+    try:
+        return getattr(message, prop)
+    except Exception as exc:
+        log.debug("schema property %s.%s raised %r", type(message).__name__, prop, exc)
+        return None
+
+
+def _names(value: Any) -> tuple[str, ...] | None:
+    if not isinstance(value, list | tuple | set | frozenset):
+        return None
+    return tuple(sorted({v for v in value if isinstance(v, str) and v}))
+
+
+def _agent(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None

@@ -1,0 +1,290 @@
+"""The embedded store: SQLite in WAL mode, one transaction per flush.
+
+A flush writes, atomically: the ids of the messages it covers, the touched buckets, the touched
+totals and the checkpoint. A message is therefore either entirely in the store (its id, its
+counts) or not at all, and a restart that sees the same message again skips it by id: nothing
+is lost or counted twice across a crash.
+
+Tables:
+
+- ``series``: one row per (metric, labels), with the plugin and kind; labels as sorted JSON.
+- ``buckets``: (series, resolution, start) → the bucket's full value; for gauges also the
+  (ts, msg_id) of the message that set it, so a late older message never overwrites it.
+- ``totals``: series → cumulative count (counters) or current value (gauges).
+- ``seen``: ids of processed messages, kept for the dedup window (by the time they were stored).
+- ``meta``: schema version and the checkpoint ``covered_until``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from statscache_exporter.aggregate import Batch, GaugeValue, Series, SeriesKey
+from statscache_exporter.plugin import Metric
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS series (
+    id INTEGER PRIMARY KEY,
+    plugin TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('counter', 'gauge')),
+    labels TEXT NOT NULL,
+    UNIQUE (metric, labels)
+);
+CREATE TABLE IF NOT EXISTS buckets (
+    series INTEGER NOT NULL REFERENCES series(id),
+    resolution INTEGER NOT NULL,
+    start INTEGER NOT NULL,
+    value NOT NULL,
+    ts REAL,
+    msg_id TEXT,
+    PRIMARY KEY (series, resolution, start)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS buckets_by_time ON buckets (resolution, start);
+CREATE TABLE IF NOT EXISTS totals (
+    series INTEGER PRIMARY KEY REFERENCES series(id),
+    value NOT NULL,
+    ts REAL,
+    msg_id TEXT
+);
+CREATE TABLE IF NOT EXISTS seen (msg_id TEXT PRIMARY KEY, stored_at REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS seen_by_time ON seen (stored_at);
+"""
+
+_ADD_COUNT = """
+INSERT INTO buckets (series, resolution, start, value) VALUES (?, ?, ?, ?)
+ON CONFLICT (series, resolution, start) DO UPDATE SET value = value + excluded.value
+"""
+_SET_GAUGE = """
+INSERT INTO buckets (series, resolution, start, value, ts, msg_id) VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (series, resolution, start) DO UPDATE
+SET value = excluded.value, ts = excluded.ts, msg_id = excluded.msg_id
+WHERE (excluded.ts, excluded.msg_id) > (buckets.ts, buckets.msg_id)
+"""
+_SET_TOTAL = "INSERT OR REPLACE INTO totals (series, value, ts, msg_id) VALUES (?, ?, ?, ?)"
+
+
+class StoreError(Exception):
+    """The store cannot be opened or written; the message says which file and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class FlushResult:
+    """What one flush committed."""
+
+    messages: int
+    buckets: int
+    totals: int
+    new_series: int
+
+
+def labels_json(series: Series) -> str:
+    """Canonical text of a series' labels: JSON with sorted keys, no spaces."""
+    return json.dumps(series.label_dict(), sort_keys=True, separators=(",", ":"))
+
+
+class Store:
+    """The SQLite store. Not thread-safe: the pipeline's own thread owns it."""
+
+    def __init__(self, path: str | Path, synchronous: str = "FULL") -> None:
+        self.path = Path(path)
+        try:
+            if self.path.parent and not self.path.parent.exists():
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(str(self.path), isolation_level=None, timeout=30)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute(f"PRAGMA synchronous={synchronous}")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+        self._series_ids: dict[SeriesKey, int] = {}
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _migrate(self) -> None:
+        row = None
+        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "meta" in tables:
+            row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is not None and int(row[0]) > SCHEMA_VERSION:
+            raise StoreError(
+                f"store {self.path} has schema version {row[0]}, newer than this exporter's "
+                f"{SCHEMA_VERSION}: upgrade the exporter or point store.path elsewhere"
+            )
+        with self._transaction():
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self.db.execute(statement)
+            self.db.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        else:
+            self.db.execute("COMMIT")
+
+    # --- reading -----------------------------------------------------------------------
+
+    def is_seen(self, msg_id: str) -> bool:
+        """Whether a message with this id is already counted in the store."""
+        return self.db.execute("SELECT 1 FROM seen WHERE msg_id = ?", (msg_id,)).fetchone() is not None
+
+    def covered_until(self) -> datetime | None:
+        """The time up to which every message is known to be processed, if any."""
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'covered_until'").fetchone()
+        return datetime.fromtimestamp(float(row[0]), UTC) if row else None
+
+    def load(self, metrics: Mapping[str, tuple[str, Metric]]) -> tuple[dict[SeriesKey, Series], dict[SeriesKey, int | GaugeValue]]:
+        """The series and totals of the given metrics (name → (plugin, declaration)).
+
+        Series of metrics no longer declared stay in the store untouched but are not loaded.
+        """
+        series: dict[SeriesKey, Series] = {}
+        totals: dict[SeriesKey, int | GaugeValue] = {}
+        rows = self.db.execute(
+            "SELECT s.id, s.metric, s.labels, t.value, t.ts, t.msg_id "
+            "FROM series s LEFT JOIN totals t ON t.series = s.id"
+        )
+        for sid, name, labels, value, ts, msg_id in rows:
+            if name not in metrics:
+                continue
+            plugin, metric = metrics[name]
+            stored = json.loads(labels)
+            if set(stored) != set(metric.labels):
+                continue  # the plugin changed its labels; the old series stays in the store
+            key: SeriesKey = (name, tuple(stored[label] for label in metric.labels))
+            series[key] = Series(plugin, metric, key[1])
+            self._series_ids[key] = sid
+            if value is None:
+                continue
+            if metric.kind == "counter":
+                totals[key] = int(value)
+            else:
+                totals[key] = GaugeValue(float(ts), str(msg_id), float(value))
+        return series, totals
+
+    # --- writing -----------------------------------------------------------------------
+
+    def commit(self, batch: Batch, message_ids: Iterable[str], covered_until: datetime | None = None) -> FlushResult:
+        """Write one flush in one transaction; on any error nothing of it is written."""
+        ids = list(message_ids)
+        now = time.time()
+        new_keys = [key for key in batch.series if key not in self._series_ids]
+        try:
+            with self._transaction() as db:
+                self._insert_series(db, [(key, batch.series[key]) for key in new_keys])
+                db.executemany("INSERT OR IGNORE INTO seen VALUES (?, ?)", ((i, now) for i in ids))
+                sid = self._series_ids
+                db.executemany(
+                    _ADD_COUNT,
+                    ((sid[(m, lv)], res, start, n) for (m, lv, res, start), n in batch.counter_deltas.items()),
+                )
+                db.executemany(
+                    _SET_GAUGE,
+                    (
+                        (sid[(m, lv)], res, start, g.value, g.ts, g.msg_id)
+                        for (m, lv, res, start), g in batch.gauge_candidates.items()
+                    ),
+                )
+                db.executemany(
+                    _SET_TOTAL,
+                    (
+                        (sid[key], t.value, t.ts, t.msg_id) if isinstance(t, GaugeValue) else (sid[key], t, None, None)
+                        for key, t in batch.totals.items()
+                    ),
+                )
+                if covered_until is not None:
+                    self._advance_checkpoint(db, covered_until)
+        except sqlite3.Error as exc:
+            for key in new_keys:  # their ids were rolled back with the transaction
+                self._series_ids.pop(key, None)
+            raise StoreError(f"flush to {self.path} failed, nothing of it was written: {exc}") from exc
+        return FlushResult(
+            messages=len(ids),
+            buckets=len(batch.counter_deltas) + len(batch.gauge_candidates),
+            totals=len(batch.totals),
+            new_series=len(new_keys),
+        )
+
+    def _insert_series(self, db: sqlite3.Connection, new: list[tuple[SeriesKey, Series]]) -> None:
+        for key, s in new:
+            row = db.execute(
+                "INSERT INTO series (plugin, metric, kind, labels) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (metric, labels) DO UPDATE SET plugin = excluded.plugin RETURNING id",
+                (s.plugin, s.metric.name, s.metric.kind, labels_json(s)),
+            ).fetchone()
+            self._series_ids[key] = int(row[0])
+
+    @staticmethod
+    def _advance_checkpoint(db: sqlite3.Connection, covered_until: datetime) -> None:
+        db.execute(
+            "INSERT INTO meta VALUES ('covered_until', ?) ON CONFLICT (key) DO UPDATE "
+            "SET value = excluded.value WHERE CAST(excluded.value AS REAL) > CAST(meta.value AS REAL)",
+            (repr(covered_until.timestamp()),),
+        )
+
+    def prune(self, retention: Mapping[int, float | None], reference: float, dedup_window: float) -> int:
+        """Delete buckets older than their resolution's retention (seconds before
+        ``reference``; None keeps them forever) and ids older than the dedup window."""
+        deleted = 0
+        with self._transaction() as db:
+            for res, keep in retention.items():
+                if keep is not None:
+                    cur = db.execute(
+                        "DELETE FROM buckets WHERE resolution = ? AND start < ?",
+                        (res, int(reference - keep)),
+                    )
+                    deleted += cur.rowcount
+            db.execute("DELETE FROM seen WHERE stored_at < ?", (time.time() - dedup_window,))
+        return deleted
+
+    # --- inspection --------------------------------------------------------------------
+
+    def dump(self) -> dict[str, Any]:
+        """The store's logical contents, free of surrogate ids: for tests and debugging."""
+        buckets = sorted(
+            self.db.execute(
+                "SELECT s.metric, s.labels, b.resolution, b.start, b.value, b.ts, b.msg_id "
+                "FROM buckets b JOIN series s ON s.id = b.series"
+            )
+        )
+        totals = sorted(
+            self.db.execute(
+                "SELECT s.metric, s.labels, t.value, t.ts, t.msg_id FROM totals t "
+                "JOIN series s ON s.id = t.series"
+            )
+        )
+        seen = sorted(r[0] for r in self.db.execute("SELECT msg_id FROM seen"))
+        return {"buckets": buckets, "totals": totals, "seen": seen}
+
+    def series_per_plugin(self) -> dict[str, int]:
+        return dict(self.db.execute("SELECT plugin, count(*) FROM series GROUP BY plugin ORDER BY plugin"))
+
+    def totals_by_metric(self, metric: str) -> dict[str, float]:
+        """Labels JSON → total, for one metric."""
+        return dict(
+            self.db.execute(
+                "SELECT s.labels, t.value FROM totals t JOIN series s ON s.id = t.series WHERE s.metric = ?",
+                (metric,),
+            )
+        )
