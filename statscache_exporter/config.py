@@ -330,10 +330,14 @@ def format_duration(d: timedelta) -> str:
 def to_plain(value: Any, key: str = "") -> Any:
     """The config as plain YAML-able data, durations spelled out and secrets masked."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_plain(getattr(value, f.name), f.name) for f in dataclasses.fields(value)}
+        return {
+            f.name: to_plain(getattr(value, f.name), f.name) for f in dataclasses.fields(value)
+        }
     if isinstance(value, timedelta):
         return format_duration(value)
     if isinstance(value, Mapping):
+        if key == "retention":  # None there means kept forever, as config.yaml spells it
+            return {str(k): "forever" if v is None else to_plain(v, str(k)) for k, v in value.items()}
         return {str(k): to_plain(v, str(k)) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [to_plain(v, key) for v in value]

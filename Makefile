@@ -1,0 +1,42 @@
+# statscache-exporter: `make run` runs the exporter on the embedded store, `make test` runs
+# every check. Both work on a fresh Debian machine: they install what they need.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CONFIG ?= config.yaml
+# apt-get as root, or through sudo when not root.
+APT    := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
+
+.PHONY: run test lint typecheck unit system-deps venv clean bench
+
+run: $(STAMP)
+	$(BIN)/statscache-exporter run --config $(CONFIG)
+
+test: lint typecheck unit
+
+unit: $(STAMP)
+	$(BIN)/pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(BIN)/ruff check statscache_exporter plugins tests
+	$(BIN)/ruff format --check statscache_exporter plugins tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+venv: $(STAMP)
+
+# Debian packages the virtualenv needs: venv/ensurepip and a compiler for wheels that build.
+system-deps:
+	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null && command -v gcc >/dev/null || { \
+	  $(APT) update -q && $(APT) install -y -q python3 python3-venv python3-dev gcc; }
+
+$(STAMP): pyproject.toml | system-deps
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip 'setuptools<82' wheel
+	$(BIN)/pip install -q -e '.[schemas,dev]'
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) var build *.egg-info
