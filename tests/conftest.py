@@ -65,3 +65,24 @@ def open_store(tmp_path: Path) -> Iterator[Any]:
             p.store.close()
         except Exception:
             pass
+
+
+def scaled_messages(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """``n`` messages cycling through the corpus's fedmsg envelopes and datagrepper items
+    (those with a timestamp), each with a fresh id and a timestamp spread over a day."""
+    import random
+
+    rng = random.Random(seed)
+    base = [
+        m
+        for m in corpus_messages()
+        if "msg" in m and isinstance(m.get("timestamp"), int | float)
+    ]
+    start = 1_700_000_000
+    out = []
+    for i in range(n):
+        m = dict(base[i % len(base)])
+        m["msg_id"] = f"scaled-{seed}-{i}"
+        m["timestamp"] = start + rng.randrange(86400)
+        out.append(m)
+    return out
