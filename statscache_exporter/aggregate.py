@@ -77,13 +77,22 @@ class Aggregator:
         self.series: dict[SeriesKey, Series] = {}
         self._pending = Batch()
 
-    def restore(self, series: Mapping[SeriesKey, Series], totals: Mapping[SeriesKey, int | GaugeValue]) -> None:
+    def restore(
+        self, series: Mapping[SeriesKey, Series], totals: Mapping[SeriesKey, int | GaugeValue]
+    ) -> None:
         """Start from what the store holds, so counters go on from their stored totals."""
         self.series.update(series)
         self.totals.update(totals)
 
-    def add(self, plugin: str, metric: Metric, labels: tuple[str, ...], amount: float,
-            ts: float, msg_id: str) -> None:
+    def add(
+        self,
+        plugin: str,
+        metric: Metric,
+        labels: tuple[str, ...],
+        amount: float,
+        ts: float,
+        msg_id: str,
+    ) -> None:
         """Apply one emission of message ``msg_id`` with time ``ts``."""
         key: SeriesKey = (metric.name, labels)
         if key not in self.series:

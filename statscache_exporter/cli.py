@@ -19,7 +19,8 @@ from typing import Any
 
 import yaml
 
-from statscache_exporter import __version__, config as configuration, logs
+from statscache_exporter import __version__, logs
+from statscache_exporter import config as configuration
 from statscache_exporter.config import Config, ConfigError
 from statscache_exporter.plugin import PluginError, discover
 from statscache_exporter.store import StoreError
@@ -44,7 +45,8 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--config",
             metavar="PATH",
-            help=f"config file (default: ${configuration.ENV_VAR} or ./{configuration.DEFAULT_PATH})",
+            help=f"config file (default: ${configuration.ENV_VAR} "
+            f"or ./{configuration.DEFAULT_PATH})",
         )
         return p
 
@@ -64,8 +66,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    path = configuration.config_path(args.config)
     try:
-        config = configuration.load(configuration.config_path(args.config))
+        config = configuration.load(path)
         logs.setup(config.logging)
         handler = {
             "run": _run,
@@ -75,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         }[args.command]
         return handler(config, args)
     except (ConfigError, PluginError) as exc:
-        print(f"statscache-exporter: configuration error: {exc}", file=sys.stderr)
+        print(f"statscache-exporter: configuration error in {path}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (StoreError, OSError) as exc:
         print(f"statscache-exporter: {exc}", file=sys.stderr)
@@ -142,15 +145,17 @@ def _print_summary(s: dict[str, Any]) -> None:
 
 
 def _plugins(config: Config, args: argparse.Namespace) -> int:
+    from statscache_exporter.pipeline import enabled_plugins
+
     available = discover()
-    enabled = {i for i, p in config.plugins.items() if not p.enabled}
-    listing = [
+    enabled = {type(p).ident for p in enabled_plugins(config, available)}
+    listing: list[dict[str, Any]] = [
         {
             "ident": cls.ident,
             "name": cls.name,
             "summary": cls.summary,
             "description": cls.description,
-            "enabled": ident not in enabled,
+            "enabled": ident in enabled,
             "metrics": [
                 {"name": m.name, "kind": m.kind, "help": m.help, "labels": list(m.labels)}
                 for m in cls.metrics

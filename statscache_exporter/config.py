@@ -112,7 +112,9 @@ class Config:
 
     def retention_seconds(self) -> dict[int, float | None]:
         """Resolution in seconds → how long its buckets are kept (None: forever)."""
-        keep = {int(parse_duration(k, "").total_seconds()): v for k, v in self.store.retention.items()}
+        keep = {
+            int(parse_duration(k, "").total_seconds()): v for k, v in self.store.retention.items()
+        }
         return {
             res: (keep[res].total_seconds() if keep.get(res) is not None else None)  # type: ignore[union-attr]
             for res in self.resolutions()
@@ -138,14 +140,25 @@ def load(path: str | Path) -> Config:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML: {exc}") from None
-    return from_dict(data if data is not None else {}, source=str(p))
+    return from_dict(data if data is not None else {})
 
 
-def from_dict(data: Any, source: str = "config") -> Config:
-    """Validate an already-parsed config mapping."""
-    config = build(Config, data, "")
+def from_dict(data: Any) -> Config:
+    """Validate an already-parsed config mapping. ``${NAME}`` references are expanded here,
+    once, before any value is checked: an expanded value is never expanded again."""
+    config: Config = build(Config, _expand_tree(data, ""), "")
+    config = _name_sources(config)
     _check(config)
     return config
+
+
+def _name_sources(config: Config) -> Config:
+    """Give every unnamed source its default name, type and position (``replay0``)."""
+    named = tuple(
+        s if s.name else dataclasses.replace(s, name=f"{s.type}{i}")
+        for i, s in enumerate(config.sources)
+    )
+    return dataclasses.replace(config, sources=named)
 
 
 def _check(config: Config) -> None:
@@ -169,10 +182,13 @@ def _check(config: Config) -> None:
         raise ConfigError("store.flush_interval: must be more than 0")
     if config.store.max_batch < 1:
         raise ConfigError("store.max_batch: must be at least 1")
-    names = [s.name for s in config.sources if s.name]
+    names = [s.name for s in config.sources]
     for name in names:
         if names.count(name) > 1:
-            raise ConfigError(f"sources: two sources are named {name!r}; names must be unique")
+            raise ConfigError(
+                f"sources: two sources are named {name!r} (an unnamed source is called by its "
+                "type and position, e.g. replay0); names must be unique"
+            )
 
 
 # --- generic dataclass builder ---------------------------------------------------------------
@@ -181,13 +197,16 @@ def _check(config: Config) -> None:
 def build(cls: Any, data: Any, path: str) -> Any:
     """Build dataclass ``cls`` from ``data``, checking every key and type on the way."""
     hints = get_type_hints(cls)
+    if data is None and path:
+        data = {}  # `store:` with nothing under it: all defaults
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path or '(top level)'}: expected a mapping, got {_kind(data)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:
         if key not in fields:
             raise ConfigError(
-                f"{_join(path, str(key))}: unknown key; valid keys: {', '.join(fields)}"
+                f"{_join(path, str(key))}: unknown key; valid keys: "
+                f"{', '.join(fields) or '(none: it takes no keys)'}"
             )
     values: dict[str, Any] = {}
     for name, f in fields.items():
@@ -202,15 +221,15 @@ def build(cls: Any, data: Any, path: str) -> Any:
 def convert(tp: Any, value: Any, path: str) -> Any:
     """Check and convert one value against a type hint."""
     origin, args = get_origin(tp), get_args(tp)
-    if isinstance(value, str):
-        value = _expand_env(value, path)
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):
         return _convert_union(args, value, path)
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{path}: {value!r} is not a valid choice; valid: {', '.join(map(str, args))}")
+            raise ConfigError(
+                f"{path}: {value!r} is not a valid choice; valid: {', '.join(map(str, args))}"
+            )
         return value
     if dataclasses.is_dataclass(tp):
         return build(tp, value, path)
@@ -256,7 +275,9 @@ def _convert_source(value: Any, path: str) -> Any:
         raise ConfigError(f"{path}: expected a mapping with a 'type', got {_kind(value)}")
     kind = value.get("type")
     if kind not in SOURCE_TYPES:
-        raise ConfigError(f"{path}.type: {kind!r} is not a source type; valid: {', '.join(SOURCE_TYPES)}")
+        raise ConfigError(
+            f"{path}.type: {kind!r} is not a source type; valid: {', '.join(SOURCE_TYPES)}"
+        )
     return build(SOURCE_TYPES[kind], value, path)
 
 
@@ -274,10 +295,23 @@ def _convert_union(args: tuple[Any, ...], value: Any, path: str) -> Any:
             return convert(tp, value, path)
         except ConfigError as exc:
             errors.append(str(exc))
-    raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: {_kind(value)} fits none of {rest}")
+    raise ConfigError(
+        errors[0] if len(errors) == 1 else f"{path}: {_kind(value)} fits none of {rest}"
+    )
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand_tree(data: Any, path: str) -> Any:
+    """Every string in the parsed YAML with its ``${NAME}`` references expanded."""
+    if isinstance(data, str):
+        return _expand_env(data, path)
+    if isinstance(data, Mapping):
+        return {k: _expand_tree(v, _join(path, str(k))) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_expand_tree(v, f"{path}[{i}]") for i, v in enumerate(data)]
+    return data
 
 
 def _expand_env(value: str, path: str) -> str:
@@ -295,30 +329,40 @@ def _expand_env(value: str, path: str) -> str:
 # --- durations -----------------------------------------------------------------------------
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_LONGEST = timedelta(days=36500)  # a century: longer is surely a typo, and overflows soon after
 
 
 def parse_duration(value: Any, path: str) -> timedelta:
-    """``1s``, ``5m``, ``48h``, ``7d``, ``2w``, ``500ms``, or a number of seconds."""
+    """``1s``, ``5m``, ``48h``, ``7d``, ``2w``, ``500ms``, or a number of seconds (also as a
+    string, as YAML mapping keys are)."""
     if isinstance(value, bool):
         raise ConfigError(f"{path}: expected a duration such as 1s, 5m, 48h, got {value!r}")
     if isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str) and (m := _DURATION.match(value)):
-        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+        seconds = float(m.group(1)) * _UNITS[m.group(2) or "s"]
     else:
         raise ConfigError(
             f"{path}: {value!r} is not a duration; write e.g. 500ms, 1s, 5m, 48h, 7d, 2w or seconds"
         )
     if seconds < 0:
         raise ConfigError(f"{path}: a duration cannot be negative")
+    if not seconds <= _LONGEST.total_seconds():  # also catches NaN
+        raise ConfigError(f"{path}: {value!r} is not a duration of at most 100 years")
     return timedelta(seconds=seconds)
 
 
 def format_duration(d: timedelta) -> str:
     """The shortest exact spelling: 1s, 5m, 48h → 2d, 1500ms."""
     ms = round(d.total_seconds() * 1000)
-    for unit, size in (("w", 604800000), ("d", 86400000), ("h", 3600000), ("m", 60000), ("s", 1000)):
+    for unit, size in (
+        ("w", 604800000),
+        ("d", 86400000),
+        ("h", 3600000),
+        ("m", 60000),
+        ("s", 1000),
+    ):
         if ms and ms % size == 0:
             return f"{ms // size}{unit}"
     return f"{ms}ms"
@@ -330,14 +374,14 @@ def format_duration(d: timedelta) -> str:
 def to_plain(value: Any, key: str = "") -> Any:
     """The config as plain YAML-able data, durations spelled out and secrets masked."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {
-            f.name: to_plain(getattr(value, f.name), f.name) for f in dataclasses.fields(value)
-        }
+        return {f.name: to_plain(getattr(value, f.name), f.name) for f in dataclasses.fields(value)}
     if isinstance(value, timedelta):
         return format_duration(value)
     if isinstance(value, Mapping):
         if key == "retention":  # None there means kept forever, as config.yaml spells it
-            return {str(k): "forever" if v is None else to_plain(v, str(k)) for k, v in value.items()}
+            return {
+                str(k): "forever" if v is None else to_plain(v, str(k)) for k, v in value.items()
+            }
         return {str(k): to_plain(v, str(k)) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [to_plain(v, key) for v in value]

@@ -25,10 +25,9 @@ QUEUE_SIZE = 10_000
 
 def make_sources(config: Config) -> list[Source]:
     sources: list[Source] = []
-    for i, sc in enumerate(config.sources):
-        name = sc.name or f"{sc.type}{i}"
+    for sc in config.sources:
         if isinstance(sc, ReplaySourceConfig):
-            sources.append(ReplaySource(sc.paths, name))
+            sources.append(ReplaySource(sc.paths, sc.name))
     return sources
 
 
@@ -61,12 +60,16 @@ class Daemon:
 
     def start(self) -> None:
         for source in self.sources:
-            t = threading.Thread(target=self._run_source, args=(source,), name=source.name, daemon=True)
+            t = threading.Thread(
+                target=self._run_source, args=(source,), name=source.name, daemon=True
+            )
             t.start()
             self.threads.append(t)
         log.info(
             "running with %d source(s) and plugins %s; store %s",
-            len(self.sources), ", ".join(self.pipeline.plugin_idents), self.config.store.path,
+            len(self.sources),
+            ", ".join(self.pipeline.plugin_idents),
+            self.config.store.path,
         )
 
     def loop(self) -> None:

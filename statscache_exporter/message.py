@@ -35,6 +35,7 @@ REJECT_REASONS = (
     "bad_body",  # the body is not a JSON object
     "bad_id",  # the id is present but not a non-empty string
     "future_timestamp",  # further in the future than the configured clock skew (pipeline)
+    "malformed",  # anything else a normalizer choked on (logged with a traceback: a bug)
 )
 
 #: Deployment environments that may stand third in a topic (``<prefix>.<env>.<category>``).
@@ -275,6 +276,8 @@ def _epoch_timestamp(value: Any, key: str) -> datetime:
         raise Rejected("bad_timestamp", f"{key} is {value!r}")
     try:
         seconds = float(value)
+    except OverflowError:
+        raise Rejected("bad_timestamp", f"{key} is out of range") from None
     except ValueError:
         return _iso_timestamp(value, key)
     if not math.isfinite(seconds) or seconds < 0:
@@ -293,15 +296,16 @@ def _iso_timestamp(value: Any, key: str) -> datetime:
         when = datetime.fromisoformat(value)
     except ValueError:
         raise Rejected("bad_timestamp", f"{key} {value[:64]!r} is not ISO 8601") from None
-    when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    try:
+        when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    except OverflowError:
+        raise Rejected("bad_timestamp", f"{key} {value[:64]!r} is out of range in UTC") from None
     if when.timestamp() < 0:
         raise Rejected("bad_timestamp", f"{key} {value!r} is before the epoch")
     return when
 
 
-def _message_id(
-    value: Any, key: str, topic: str, when: datetime, body: Mapping[str, Any]
-) -> str:
+def _message_id(value: Any, key: str, topic: str, when: datetime, body: Mapping[str, Any]) -> str:
     """The message's id; a message without one (old fedmsg test envelopes) gets a stable
     ``sha256:`` id of its topic, time and body, so that replaying it twice still dedups."""
     if value is None:

@@ -80,7 +80,9 @@ def enabled_plugins(config: Config, available: Mapping[str, type[Plugin]]) -> li
         settings = config.plugins.get(ident)
         if settings is not None and not settings.enabled:
             continue
-        options = build(cls.Options, settings.options if settings else {}, f"plugins.{ident}.options")
+        options = build(
+            cls.Options, settings.options if settings else {}, f"plugins.{ident}.options"
+        )
         chosen.append(cls(options))
     check_unique_metrics(type(p) for p in chosen)
     return chosen
@@ -152,6 +154,10 @@ class Pipeline:
         except Rejected as exc:
             self._reject(source, exc)
             return "rejected"
+        except Exception as exc:  # a normalizer bug must not stop the daemon
+            log.exception("could not read a message from %s", source)
+            self._reject(source, Rejected("malformed", repr(exc)[:200]))
+            return "rejected"
         return self.process(message, source)
 
     def process(self, message: Message, source: str = "replay") -> Outcome:
@@ -175,7 +181,10 @@ class Pipeline:
         newest = self.stats.newest_message
         if newest is None or ts > newest:
             self.stats.newest_message = ts
-        if len(self._pending_ids) >= self._max_batch or self.clock() - self._last_flush >= self._flush_every:
+        if (
+            len(self._pending_ids) >= self._max_batch
+            or self.clock() - self._last_flush >= self._flush_every
+        ):
             self.flush()
         return "processed"
 
@@ -183,7 +192,9 @@ class Pipeline:
         self.stats.rejected[(source, exc.reason)] += 1
         n = self._rejections_logged[exc.reason] = self._rejections_logged[exc.reason] + 1
         if n <= 10 or n % 1000 == 0:
-            log.warning("rejected a message from %s (%s, %d so far): %s", source, exc.reason, n, exc.detail)
+            log.warning(
+                "rejected a message from %s (%s, %d so far): %s", source, exc.reason, n, exc.detail
+            )
 
     def _plugin_failed(self, ident: str, message: Message, exc: Exception) -> None:
         self.stats.plugin_errors[ident] += 1
@@ -192,7 +203,12 @@ class Pipeline:
             kind = "declaration mismatch" if isinstance(exc, PluginError) else "error"
             log.error(
                 "plugin %s: %s on message %s (%s), %d so far: %r",
-                ident, kind, message.id, message.topic, n, exc,
+                ident,
+                kind,
+                message.id,
+                message.topic,
+                n,
+                exc,
             )
 
     # --- flushing ----------------------------------------------------------------------

@@ -64,12 +64,12 @@ class Metric:
     labels: tuple[str, ...] = ()
 
 
-def Counter(name: str, help: str, labels: Iterable[str] = ()) -> Metric:  # noqa: N802
+def Counter(name: str, help: str, labels: Iterable[str] = ()) -> Metric:
     """Declare a counter: it only goes up; each bucket holds the count of that bucket."""
     return Metric(name, "counter", help, tuple(labels))
 
 
-def Gauge(name: str, help: str, labels: Iterable[str] = ()) -> Metric:  # noqa: N802
+def Gauge(name: str, help: str, labels: Iterable[str] = ()) -> Metric:
     """Declare a gauge: each bucket holds the value set by the newest message in it."""
     return Metric(name, "gauge", help, tuple(labels))
 

@@ -116,7 +116,9 @@ class Store:
 
     def _migrate(self) -> None:
         row = None
-        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        tables = {
+            r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
         if "meta" in tables:
             row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if row is not None and int(row[0]) > SCHEMA_VERSION:
@@ -147,14 +149,18 @@ class Store:
 
     def is_seen(self, msg_id: str) -> bool:
         """Whether a message with this id is already counted in the store."""
-        return self.db.execute("SELECT 1 FROM seen WHERE msg_id = ?", (msg_id,)).fetchone() is not None
+        return (
+            self.db.execute("SELECT 1 FROM seen WHERE msg_id = ?", (msg_id,)).fetchone() is not None
+        )
 
     def covered_until(self) -> datetime | None:
         """The time up to which every message is known to be processed, if any."""
         row = self.db.execute("SELECT value FROM meta WHERE key = 'covered_until'").fetchone()
         return datetime.fromtimestamp(float(row[0]), UTC) if row else None
 
-    def load(self, metrics: Mapping[str, tuple[str, Metric]]) -> tuple[dict[SeriesKey, Series], dict[SeriesKey, int | GaugeValue]]:
+    def load(
+        self, metrics: Mapping[str, tuple[str, Metric]]
+    ) -> tuple[dict[SeriesKey, Series], dict[SeriesKey, int | GaugeValue]]:
         """The series and totals of the given metrics (name → (plugin, declaration)).
 
         Series of metrics no longer declared stay in the store untouched but are not loaded.
@@ -185,7 +191,9 @@ class Store:
 
     # --- writing -----------------------------------------------------------------------
 
-    def commit(self, batch: Batch, message_ids: Iterable[str], covered_until: datetime | None = None) -> FlushResult:
+    def commit(
+        self, batch: Batch, message_ids: Iterable[str], covered_until: datetime | None = None
+    ) -> FlushResult:
         """Write one flush in one transaction; on any error nothing of it is written."""
         ids = list(message_ids)
         now = time.time()
@@ -197,7 +205,10 @@ class Store:
                 sid = self._series_ids
                 db.executemany(
                     _ADD_COUNT,
-                    ((sid[(m, lv)], res, start, n) for (m, lv, res, start), n in batch.counter_deltas.items()),
+                    (
+                        (sid[(m, lv)], res, start, n)
+                        for (m, lv, res, start), n in batch.counter_deltas.items()
+                    ),
                 )
                 db.executemany(
                     _SET_GAUGE,
@@ -209,7 +220,9 @@ class Store:
                 db.executemany(
                     _SET_TOTAL,
                     (
-                        (sid[key], t.value, t.ts, t.msg_id) if isinstance(t, GaugeValue) else (sid[key], t, None, None)
+                        (sid[key], t.value, t.ts, t.msg_id)
+                        if isinstance(t, GaugeValue)
+                        else (sid[key], t, None, None)
                         for key, t in batch.totals.items()
                     ),
                 )
@@ -218,7 +231,9 @@ class Store:
         except sqlite3.Error as exc:
             for key in new_keys:  # their ids were rolled back with the transaction
                 self._series_ids.pop(key, None)
-            raise StoreError(f"flush to {self.path} failed, nothing of it was written: {exc}") from exc
+            raise StoreError(
+                f"flush to {self.path} failed, nothing of it was written: {exc}"
+            ) from exc
         return FlushResult(
             messages=len(ids),
             buckets=len(batch.counter_deltas) + len(batch.gauge_candidates),
@@ -239,11 +254,14 @@ class Store:
     def _advance_checkpoint(db: sqlite3.Connection, covered_until: datetime) -> None:
         db.execute(
             "INSERT INTO meta VALUES ('covered_until', ?) ON CONFLICT (key) DO UPDATE "
-            "SET value = excluded.value WHERE CAST(excluded.value AS REAL) > CAST(meta.value AS REAL)",
+            "SET value = excluded.value "
+            "WHERE CAST(excluded.value AS REAL) > CAST(meta.value AS REAL)",
             (repr(covered_until.timestamp()),),
         )
 
-    def prune(self, retention: Mapping[int, float | None], reference: float, dedup_window: float) -> int:
+    def prune(
+        self, retention: Mapping[int, float | None], reference: float, dedup_window: float
+    ) -> int:
         """Delete buckets older than their resolution's retention (seconds before
         ``reference``; None keeps them forever) and ids older than the dedup window."""
         deleted = 0
@@ -278,13 +296,16 @@ class Store:
         return {"buckets": buckets, "totals": totals, "seen": seen}
 
     def series_per_plugin(self) -> dict[str, int]:
-        return dict(self.db.execute("SELECT plugin, count(*) FROM series GROUP BY plugin ORDER BY plugin"))
+        return dict(
+            self.db.execute("SELECT plugin, count(*) FROM series GROUP BY plugin ORDER BY plugin")
+        )
 
     def totals_by_metric(self, metric: str) -> dict[str, float]:
         """Labels JSON → total, for one metric."""
         return dict(
             self.db.execute(
-                "SELECT s.labels, t.value FROM totals t JOIN series s ON s.id = t.series WHERE s.metric = ?",
+                "SELECT s.labels, t.value FROM totals t JOIN series s ON s.id = t.series "
+                "WHERE s.metric = ?",
                 (metric,),
             )
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,10 +62,8 @@ def open_store(tmp_path: Path) -> Iterator[Any]:
 
     yield factory
     for p in opened:
-        try:
+        with contextlib.suppress(Exception):
             p.store.close()
-        except Exception:
-            pass
 
 
 def scaled_messages(n: int, seed: int = 0) -> list[dict[str, Any]]:
@@ -74,9 +73,7 @@ def scaled_messages(n: int, seed: int = 0) -> list[dict[str, Any]]:
 
     rng = random.Random(seed)
     base = [
-        m
-        for m in corpus_messages()
-        if "msg" in m and isinstance(m.get("timestamp"), int | float)
+        m for m in corpus_messages() if "msg" in m and isinstance(m.get("timestamp"), int | float)
     ]
     start = 1_700_000_000
     out = []

@@ -272,7 +272,8 @@ logging: {level: DEBUG, format: json}
     assert cfg.messages.environments == ("prod",)
     assert cfg.messages.schemas is False
     assert cfg.messages.max_clock_skew == timedelta(seconds=90)
-    assert cfg.sources == (ReplaySourceConfig("replay", ("a.jsonl", "b.jsonl.gz")),)
+    # an unnamed source gets its type and position as its name
+    assert cfg.sources == (ReplaySourceConfig("replay", ("a.jsonl", "b.jsonl.gz"), "replay0"),)
     assert cfg.plugins == {
         "volume": PluginConfig(enabled=False, backlog_delta=timedelta(days=7)),
         "volume_by_user": PluginConfig(enabled=True, backlog_delta=None),
@@ -516,7 +517,8 @@ def test_duplicate_source_names() -> None:
         {"type": "replay", "name": "a", "paths": ["y"]},
     ]
     assert config_error({"sources": sources}) == (
-        "sources: two sources are named 'a'; names must be unique"
+        "sources: two sources are named 'a' (an unnamed source is called by its type and "
+        "position, e.g. replay0); names must be unique"
     )
 
 
@@ -627,8 +629,8 @@ def test_env_set_beats_default(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_env_empty_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SC_TEST_UNSET", raising=False)
-    cfg = from_dict({"sources": [{"type": "replay", "name": "${SC_TEST_UNSET:-}", "paths": []}]})
-    assert cfg.sources[0].name == ""
+    cfg = from_dict({"store": {"path": "x${SC_TEST_UNSET:-}y"}})
+    assert cfg.store.path == "xy"
 
 
 def test_env_missing_names_path_and_variable(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -66,7 +66,9 @@ def test_bad_declarations_are_errors_naming_the_plugin(attrs: dict[str, Any], me
 
 
 def test_a_plugin_must_implement_process() -> None:
-    cls = type("P", (Plugin,), {"ident": "p", "name": "P", "summary": "s", "metrics": (Counter("a", "b"),)})
+    cls = type(
+        "P", (Plugin,), {"ident": "p", "name": "P", "summary": "s", "metrics": (Counter("a", "b"),)}
+    )
     with pytest.raises(PluginError, match=r"plugin 'p' .* does not implement process"):
         validate_class(cls, "here")
 
@@ -79,17 +81,28 @@ def test_not_a_plugin_class() -> None:
 def test_two_plugins_declaring_one_metric_name_is_an_error() -> None:
     a = plugin_class(ident="a")
     b = plugin_class(ident="b")
-    with pytest.raises(PluginError, match="metric 'good_things' is declared by both plugin 'a' and plugin 'b'"):
+    with pytest.raises(
+        PluginError, match="metric 'good_things' is declared by both plugin 'a' and plugin 'b'"
+    ):
         check_unique_metrics([a, b])
 
 
 @pytest.mark.parametrize(
     ("emit", "message"),
     [
-        (lambda o: o.inc("nope"), "emitted undeclared metric 'nope'; it declares ['count', 'level']"),
+        (
+            lambda o: o.inc("nope"),
+            "emitted undeclared metric 'nope'; it declares ['count', 'level']",
+        ),
         (lambda o: o.inc("count"), "takes labels ['kind'], got []"),
-        (lambda o: o.inc("count", kind="a", extra="b"), "takes labels ['kind'], got ['extra', 'kind']"),
-        (lambda o: o.inc("count", kind=None), "label 'kind' of 'count' must be a string, got NoneType"),
+        (
+            lambda o: o.inc("count", kind="a", extra="b"),
+            "takes labels ['kind'], got ['extra', 'kind']",
+        ),
+        (
+            lambda o: o.inc("count", kind=None),
+            "label 'kind' of 'count' must be a string, got NoneType",
+        ),
         (lambda o: o.inc("count", 1.5, kind="a"), "takes a whole number ≥ 0, got 1.5"),
         (lambda o: o.inc("count", -1, kind="a"), "takes a whole number ≥ 0, got -1"),
         (lambda o: o.inc("count", True, kind="a"), "takes a whole number ≥ 0, got True"),
@@ -115,7 +128,11 @@ def test_valid_emissions_come_out_in_declared_label_order() -> None:
     out.inc("c", a="1", b="2")
     out.inc("c", 3, b="x", a="y")
     out.set("g", 7)
-    assert out.drain() == [(metrics["c"], ("2", "1"), 1), (metrics["c"], ("x", "y"), 3), (metrics["g"], (), 7.0)]
+    assert out.drain() == [
+        (metrics["c"], ("2", "1"), 1),
+        (metrics["c"], ("x", "y"), 3),
+        (metrics["g"], (), 7.0),
+    ]
     assert out.drain() == []
 
 
@@ -135,13 +152,17 @@ def test_discovery_finds_the_bundled_plugins_through_entry_points() -> None:
 
 
 def test_an_entry_point_may_name_an_iterable_of_classes() -> None:
-    ep = EntryPoint(name="several", value="statscache_plugins.volume:__dict__", group="statscache.plugin")
+    ep = EntryPoint(
+        name="several", value="statscache_plugins.volume:__dict__", group="statscache.plugin"
+    )
     # a module-level tuple is what statscache allowed; build one through a real module attribute
     import statscache_plugins.volume as volume
 
     volume.ALL = (volume.Volume, volume.VolumeByTopic)  # type: ignore[attr-defined]
     try:
-        ep = EntryPoint(name="several", value="statscache_plugins.volume:ALL", group="statscache.plugin")
+        ep = EntryPoint(
+            name="several", value="statscache_plugins.volume:ALL", group="statscache.plugin"
+        )
         assert sorted(discover([ep])) == ["volume", "volume_by_topic"]
     finally:
         del volume.ALL  # type: ignore[attr-defined]
@@ -149,7 +170,9 @@ def test_an_entry_point_may_name_an_iterable_of_classes() -> None:
 
 def test_a_broken_entry_point_is_an_error_naming_it() -> None:
     ep = EntryPoint(name="broken", value="no_such_module_xyz:Plugin", group="statscache.plugin")
-    with pytest.raises(PluginError, match="entry point broken = no_such_module_xyz:Plugin: cannot be loaded"):
+    with pytest.raises(
+        PluginError, match="entry point broken = no_such_module_xyz:Plugin: cannot be loaded"
+    ):
         discover([ep])
 
 
@@ -173,7 +196,13 @@ def test_volume_by_user_counts_each_user_once_per_message() -> None:
     from statscache_exporter.message import normalize
 
     m: Message = normalize(
-        {"topic": "a.prod.b.c", "msg": {}, "timestamp": 1, "msg_id": "x", "users": ["bob", "al", "bob"]}
+        {
+            "topic": "a.prod.b.c",
+            "msg": {},
+            "timestamp": 1,
+            "msg_id": "x",
+            "users": ["bob", "al", "bob"],
+        }
     )
     plugin = VolumeByUser()
     out = Output(plugin.ident, {x.name: x for x in plugin.metrics})
@@ -190,8 +219,18 @@ def test_a_pip_installed_third_party_plugin_is_found_and_works(tmp_path: Path) -
     point with no change to the exporter's code."""
     target = tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-         "--target", str(target), str(REPO / "tests" / "example_plugin")],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(REPO / "tests" / "example_plugin"),
+        ],
         check=True,
         capture_output=True,
         timeout=300,
@@ -205,14 +244,31 @@ def test_a_pip_installed_third_party_plugin_is_found_and_works(tmp_path: Path) -
     )
     listing = subprocess.run(
         [sys.executable, "-m", "statscache_exporter", "plugins", "--json", "--config", str(cfg)],
-        check=True, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
     )
     idents = {p["ident"] for p in json.loads(listing.stdout)}
     assert "bodhi_comments" in idents and "volume" in idents
     subprocess.run(
-        [sys.executable, "-m", "statscache_exporter", "replay", "--config", str(cfg),
-         str(REPO / "examples" / "corpus.jsonl.gz")],
-        check=True, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "statscache_exporter",
+            "replay",
+            "--config",
+            str(cfg),
+            str(REPO / "examples" / "corpus.jsonl.gz"),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
     )
     db = sqlite3.connect(store)
     rows = dict(
@@ -224,12 +280,23 @@ def test_a_pip_installed_third_party_plugin_is_found_and_works(tmp_path: Path) -
     # The corpus's bodhi comments, by author, read from tests/data by hand: ralph twice (a
     # fedmsg-era author, and user.name in the bodhi-messages test body), kalev (bodhi 3.x),
     # hreindl twice and volter (bodhi 0.x).
-    assert rows == {'{"user":"ralph"}': 2, '{"user":"kalev"}': 1, '{"user":"hreindl"}': 2, '{"user":"volter"}': 1}
+    assert rows == {
+        '{"user":"ralph"}': 2,
+        '{"user":"kalev"}': 1,
+        '{"user":"hreindl"}': 2,
+        '{"user":"volter"}': 1,
+    }
     # a bad option of the third-party plugin is a config error naming its path
-    cfg.write_text(f"store:\n  path: {store}\nplugins:\n  bodhi_comments:\n    options: {{count_bodhi: 3}}\n")
+    cfg.write_text(
+        f"store:\n  path: {store}\nplugins:\n  bodhi_comments:\n    options: {{count_bodhi: 3}}\n"
+    )
     bad = subprocess.run(
         [sys.executable, "-m", "statscache_exporter", "check-config", "--config", str(cfg)],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
     )
     assert bad.returncode == 2
     assert "plugins.bodhi_comments.options.count_bodhi: expected true or false" in bad.stderr

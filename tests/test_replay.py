@@ -79,7 +79,7 @@ def test_empty_and_missing_files(tmp_path: Path) -> None:
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n\n")
     assert list(read(empty)) == []
-    with pytest.raises(ReplayError, match="nope.jsonl"):
+    with pytest.raises(ReplayError, match=r"nope\.jsonl"):
         list(read(tmp_path / "nope.jsonl"))
 
 
@@ -99,7 +99,11 @@ def independent_counts(items: list[dict[str, Any]]) -> dict[str, Any]:
         if when is None:
             rejected += 1
             continue
-        key = m.get("msg_id") or m.get("id") or json.dumps([m["topic"], when, m["msg"]], sort_keys=True)
+        key = (
+            m.get("msg_id")
+            or m.get("id")
+            or json.dumps([m["topic"], when, m["msg"]], sort_keys=True)
+        )
         if key in seen:
             duplicates += 1
             continue
@@ -108,7 +112,12 @@ def independent_counts(items: list[dict[str, Any]]) -> dict[str, Any]:
         topics[m["topic"]] += 1
         env = len(parts) >= 4 and parts[2] in ("prod", "stg", "dev", "stage")
         categories[parts[3] if env else parts[0]] += 1
-    return {"rejected": rejected, "duplicates": duplicates, "topics": topics, "categories": categories}
+    return {
+        "rejected": rejected,
+        "duplicates": duplicates,
+        "topics": topics,
+        "categories": categories,
+    }
 
 
 def test_replay_of_the_whole_corpus_prints_a_summary_matching_the_input(tmp_path: Path) -> None:
@@ -186,7 +195,15 @@ def test_sigkill_mid_replay_then_restart_ends_with_exact_totals(tmp_path: Path) 
     kills = 0
     for _ in range(4):
         proc = subprocess.Popen(
-            [sys.executable, "-m", "statscache_exporter", "replay", "--config", str(cfg), str(infile)],
+            [
+                sys.executable,
+                "-m",
+                "statscache_exporter",
+                "replay",
+                "--config",
+                str(cfg),
+                str(infile),
+            ],
             cwd=REPO,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -210,4 +227,9 @@ def test_sigkill_mid_replay_then_restart_ends_with_exact_totals(tmp_path: Path) 
     totals = {(m, lab): v for m, lab, v in store_totals(crashed)}
     assert totals[("messages", "{}")] == n
     for category, count in want["categories"].items():
-        assert totals[("messages_by_category", json.dumps({"category": category}, separators=(",", ":")))] == count
+        assert (
+            totals[
+                ("messages_by_category", json.dumps({"category": category}, separators=(",", ":")))
+            ]
+            == count
+        )

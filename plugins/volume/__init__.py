@@ -69,9 +69,7 @@ class VolumeByPackage(Plugin):
         "Packages come from the message itself (fedora-messaging header flags, datagrepper's "
         "packages) or its fedora-messaging schema class. A message naming none is not counted."
     )
-    metrics = (
-        Counter("messages_by_package", "Messages per package they concern", ("package",)),
-    )
+    metrics = (Counter("messages_by_package", "Messages per package they concern", ("package",)),)
 
     def process(self, message: Message, out: Output) -> None:
         for package in message.packages:
