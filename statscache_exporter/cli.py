@@ -4,7 +4,8 @@ Exit codes:
 
 - 0: success (``run``: stopped by SIGTERM/SIGINT after a final flush);
 - 1: a runtime failure: the store cannot be opened or written, a replay file cannot be read;
-- 2: a usage or configuration error (bad option, bad config key, unknown plugin, bad plugin).
+- 2: a usage or configuration error (bad option, bad config key, unknown plugin, bad plugin);
+- 130: ``replay`` stopped by SIGINT or SIGTERM (what it processed is stored; run it again).
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -27,7 +30,7 @@ from statscache_exporter.store import StoreError
 
 log = logging.getLogger("statscache_exporter")
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def parser() -> argparse.ArgumentParser:
@@ -35,7 +38,7 @@ def parser() -> argparse.ArgumentParser:
         prog="statscache-exporter",
         description="Turns the Fedora message bus into time-series metrics.",
         epilog="Exit codes: 0 success, 1 runtime failure (store, input files), "
-        "2 usage or configuration error.",
+        "2 usage or configuration error, 130 replay interrupted (run it again to go on).",
     )
     top.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -98,11 +101,15 @@ def _replay(config: Config, args: argparse.Namespace) -> int:
     pipeline = open_pipeline(config)
     started = time.monotonic()
     read_count = 0
+    stop = _stop_between_messages()
+    for path in args.files:
+        for item in read(path):
+            if stop.is_set():
+                break
+            read_count += 1
+            pipeline.handle(item, "replay")
+    interrupted = stop.is_set()  # what was processed is kept: the next replay skips it by id
     try:
-        for path in args.files:
-            for item in read(path):
-                read_count += 1
-                pipeline.handle(item, "replay")
         pipeline.flush()
         summary = _summary(pipeline, read_count, time.monotonic() - started)
     finally:
@@ -111,7 +118,23 @@ def _replay(config: Config, args: argparse.Namespace) -> int:
         print(json.dumps(summary, sort_keys=True))
     else:
         _print_summary(summary)
+    if interrupted:
+        print("statscache-exporter: replay interrupted; run it again to go on", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return EXIT_OK
+
+
+def _stop_between_messages() -> threading.Event:
+    """SIGINT/SIGTERM set an event the replay loop checks between messages, so a message is
+    never cut off half-way through its plugins (and then half-counted by the final flush)."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    return stop
 
 
 def _summary(pipeline: Any, read_count: int, seconds: float) -> dict[str, Any]:

@@ -112,13 +112,11 @@ class Config:
 
     def retention_seconds(self) -> dict[int, float | None]:
         """Resolution in seconds → how long its buckets are kept (None: forever)."""
-        keep = {
-            int(parse_duration(k, "").total_seconds()): v for k, v in self.store.retention.items()
-        }
-        return {
-            res: (keep[res].total_seconds() if keep.get(res) is not None else None)  # type: ignore[union-attr]
-            for res in self.resolutions()
-        }
+        keep: dict[int, float | None] = {res: None for res in self.resolutions()}
+        for key, duration in self.store.retention.items():
+            res = int(parse_duration(key, f"store.retention.{key}").total_seconds())
+            keep[res] = duration.total_seconds() if duration is not None else None
+        return keep
 
 
 # --- loading -------------------------------------------------------------------------------

@@ -16,6 +16,8 @@ from functools import cache
 from importlib.metadata import entry_points
 from typing import Any
 
+import pika  # fedora-messaging's own dependency: how a schema class gets its headers
+
 log = logging.getLogger(__name__)
 
 SCHEMA_HEADER = "fedora_messaging_schema"
@@ -52,8 +54,6 @@ def facts_for(topic: str, body: Mapping[str, Any], headers: Mapping[str, Any]) -
     if cls is None:
         return NO_FACTS
     try:
-        import pika  # fedora-messaging's own dependency
-
         # Schema packages warn when an old message class is instantiated; the exporter reads
         # old messages on purpose (history, replays): that says nothing to its operator.
         with warnings.catch_warnings():

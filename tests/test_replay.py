@@ -233,3 +233,30 @@ def test_sigkill_mid_replay_then_restart_ends_with_exact_totals(tmp_path: Path) 
             ]
             == count
         )
+
+
+def test_ctrl_c_mid_replay_keeps_what_was_processed_and_exits_130(tmp_path: Path) -> None:
+    n = 30_000
+    infile = write_jsonl(tmp_path / "in.jsonl", scaled_messages(n, seed=5))
+    store = tmp_path / "store.sqlite"
+    cfg = config_file(tmp_path, store, max_batch=500)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "statscache_exporter", "replay", "--config", str(cfg), str(infile)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and seen_count(store) < 3_000 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "replay interrupted; run it again to go on" in err
+    stored = seen_count(store)
+    assert 3_000 <= stored < n
+    assert f"processed       {stored:>10}" in out  # everything processed was flushed
+    cli("replay", "--config", str(cfg), str(infile))
+    totals = {(m, lab): v for m, lab, v in store_totals(store)}
+    assert totals[("messages", "{}")] == n
