@@ -124,12 +124,7 @@ def from_fedmsg(
     use_schemas: bool = True,
 ) -> Message:
     """A fedmsg envelope: ``timestamp`` in epoch seconds, ``msg`` as the body."""
-    topic = _topic(env.get("topic"))
-    body = _body(env.get("msg"), "msg")
-    headers = _headers(env.get("headers"))
-    when = _epoch_timestamp(env.get("timestamp"), "timestamp")
-    msg_id = _message_id(env.get("msg_id"), "msg_id", topic, when, body)
-    return _build(msg_id, topic, when, body, headers, environments, use_schemas)
+    return _build(*_envelope(env), environments, use_schemas)
 
 
 def from_datagrepper_raw(
@@ -139,17 +134,24 @@ def from_datagrepper_raw(
 ) -> Message:
     """A datagrepper ``/raw`` item: an envelope whose ``users``, ``packages`` and
     ``agent_name`` datanommer already computed; those win over any other source."""
-    topic = _topic(item.get("topic"))
-    body = _body(item.get("msg"), "msg")
-    headers = _headers(item.get("headers"))
-    when = _epoch_timestamp(item.get("timestamp"), "timestamp")
-    msg_id = _message_id(item.get("msg_id"), "msg_id", topic, when, body)
     carried = _Carried(
         usernames=_string_list(item.get("users")) if "users" in item else None,
         packages=_string_list(item.get("packages")) if "packages" in item else None,
         agent=item["agent_name"] if isinstance(item.get("agent_name"), str) else None,
     )
-    return _build(msg_id, topic, when, body, headers, environments, use_schemas, carried)
+    return _build(*_envelope(item), environments, use_schemas, carried)
+
+
+def _envelope(
+    env: Mapping[str, Any],
+) -> tuple[str, str, datetime, Mapping[str, Any], Mapping[str, Any]]:
+    """id, topic, time, body and headers of a fedmsg envelope (or a /raw item, which is one)."""
+    topic = _topic(env.get("topic"))
+    body = _body(env.get("msg"), "msg")
+    headers = _headers(env.get("headers"))
+    when = _epoch_timestamp(env.get("timestamp"), "timestamp")
+    msg_id = _message_id(env.get("msg_id"), "msg_id", topic, when, body)
+    return msg_id, topic, when, body, headers
 
 
 def from_datagrepper_v2(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -218,6 +219,8 @@ def test_a_pip_installed_third_party_plugin_is_found_and_works(tmp_path: Path) -
     (beside, not into, the exporter's environment); the exporter finds it through its entry
     point with no change to the exporter's code."""
     target = tmp_path / "site"
+    source = tmp_path / "example_plugin"  # pip builds in the source folder: not in the repo's
+    shutil.copytree(REPO / "tests" / "example_plugin", source)
     subprocess.run(
         [
             sys.executable,
@@ -229,7 +232,7 @@ def test_a_pip_installed_third_party_plugin_is_found_and_works(tmp_path: Path) -
             "--no-build-isolation",
             "--target",
             str(target),
-            str(REPO / "tests" / "example_plugin"),
+            str(source),
         ],
         check=True,
         capture_output=True,
