@@ -14,7 +14,9 @@ full, in memory, because ``/metrics`` serves them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from statscache_exporter.plugin import Metric
@@ -42,6 +44,7 @@ class Series:
     plugin: str
     metric: Metric
     labels: tuple[str, ...]
+    created: float = 0.0  # when the exporter first saw the series (wall clock, for _created)
 
     def label_dict(self) -> dict[str, str]:
         return dict(zip(self.metric.labels, self.labels, strict=True))
@@ -69,12 +72,14 @@ def bucket_start(epoch: float, resolution: int) -> int:
 class Aggregator:
     """Per-bucket aggregation at every resolution, plus cumulative totals."""
 
-    def __init__(self, resolutions: Iterable[int]) -> None:
+    def __init__(self, resolutions: Iterable[int], clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
         self.resolutions = tuple(sorted(set(resolutions)))
         if not self.resolutions or self.resolutions[0] < 1:
             raise ValueError(f"resolutions must be whole seconds ≥ 1, got {self.resolutions}")
         self.totals: dict[SeriesKey, int | GaugeValue] = {}
         self.series: dict[SeriesKey, Series] = {}
+        self.series_per_metric: Counter[str] = Counter()
         self._pending = Batch()
 
     def restore(
@@ -83,6 +88,7 @@ class Aggregator:
         """Start from what the store holds, so counters go on from their stored totals."""
         self.series.update(series)
         self.totals.update(totals)
+        self.series_per_metric = Counter(name for name, _ in self.series)
 
     def add(
         self,
@@ -96,7 +102,8 @@ class Aggregator:
         """Apply one emission of message ``msg_id`` with time ``ts``."""
         key: SeriesKey = (metric.name, labels)
         if key not in self.series:
-            self.series[key] = Series(plugin, metric, labels)
+            self.series[key] = Series(plugin, metric, labels, self.clock())
+            self.series_per_metric[metric.name] += 1
         pending = self._pending
         pending.series[key] = self.series[key]
         if metric.kind == "counter":

@@ -87,7 +87,48 @@ SOURCE_TYPES: dict[str, type] = {"replay": ReplaySourceConfig}
 class PluginConfig:
     enabled: bool = True
     backlog_delta: timedelta | None = None
+    #: series per metric before new label values overflow (default: prometheus.max_series)
+    max_series: int | None = None
+    #: hide a series from /metrics after this long unchanged (default: prometheus.series_ttl)
+    series_ttl: timedelta | None = None
     options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    cert_file: str = ""
+    key_file: str = ""
+
+
+@dataclass(frozen=True)
+class BasicAuthConfig:
+    username: str = ""
+    password: str = ""
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    default_rows_per_page: int = 100
+    max_rows_per_page: int = 1000
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    enabled: bool = True
+    address: str = "127.0.0.1"
+    port: int = 9819
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    basic_auth: BasicAuthConfig = field(default_factory=BasicAuthConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+
+
+@dataclass(frozen=True)
+class PrometheusConfig:
+    prefix: str = "statscache_"
+    created_series: bool = False
+    max_series: int = 10_000
+    overflow_value: str = "__other__"
+    series_ttl: timedelta | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +144,8 @@ class Config:
     messages: MessagesConfig = field(default_factory=MessagesConfig)
     sources: tuple[SourceConfig, ...] = ()
     plugins: dict[str, PluginConfig] = field(default_factory=dict)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def resolutions(self) -> tuple[int, ...]:
@@ -180,6 +223,8 @@ def _check(config: Config) -> None:
         raise ConfigError("store.flush_interval: must be more than 0")
     if config.store.max_batch < 1:
         raise ConfigError("store.max_batch: must be at least 1")
+    _check_http(config.http)
+    _check_prometheus(config)
     names = [s.name for s in config.sources]
     for name in names:
         if names.count(name) > 1:
@@ -187,6 +232,42 @@ def _check(config: Config) -> None:
                 f"sources: two sources are named {name!r} (an unnamed source is called by its "
                 "type and position, e.g. replay0); names must be unique"
             )
+
+
+_PREFIX = re.compile(r"^([a-zA-Z_][a-zA-Z0-9_]*)?$")
+
+
+def _check_http(http: HttpConfig) -> None:
+    if not 0 <= http.port <= 65535:
+        raise ConfigError(f"http.port: {http.port} is not a TCP port (0-65535; 0 picks a free one)")
+    if bool(http.tls.cert_file) != bool(http.tls.key_file):
+        raise ConfigError("http.tls: give both cert_file and key_file, or neither")
+    for key in ("cert_file", "key_file"):
+        path = getattr(http.tls, key)
+        if path and not Path(path).is_file():
+            raise ConfigError(f"http.tls.{key}: {path} is not a readable file")
+    if bool(http.basic_auth.username) != bool(http.basic_auth.password):
+        raise ConfigError("http.basic_auth: give both username and password, or neither")
+    api = http.api
+    if not 1 <= api.default_rows_per_page <= api.max_rows_per_page:
+        raise ConfigError(
+            "http.api.default_rows_per_page: must be between 1 and http.api.max_rows_per_page "
+            f"({api.max_rows_per_page})"
+        )
+
+
+def _check_prometheus(config: Config) -> None:
+    if not _PREFIX.match(config.prometheus.prefix):
+        raise ConfigError(
+            f"prometheus.prefix: {config.prometheus.prefix!r} must match {_PREFIX.pattern}"
+        )
+    if config.prometheus.max_series < 1:
+        raise ConfigError("prometheus.max_series: must be at least 1")
+    if not config.prometheus.overflow_value:
+        raise ConfigError("prometheus.overflow_value: must not be empty")
+    for ident, plugin in config.plugins.items():
+        if plugin.max_series is not None and plugin.max_series < 1:
+            raise ConfigError(f"plugins.{ident}.max_series: must be at least 1")
 
 
 # --- generic dataclass builder ---------------------------------------------------------------

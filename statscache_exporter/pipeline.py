@@ -28,14 +28,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
 from statscache_exporter import message as messages
-from statscache_exporter.aggregate import Aggregator
+from statscache_exporter.aggregate import Aggregator, Batch
 from statscache_exporter.config import Config, ConfigError, build, format_duration
 from statscache_exporter.message import Message, Rejected
 from statscache_exporter.plugin import Metric, Output, Plugin, PluginError, check_unique_metrics
@@ -55,10 +55,27 @@ class Stats:
     duplicates: Counter[str] = field(default_factory=Counter)
     rejected: Counter[tuple[str, str]] = field(default_factory=Counter)  # (source, reason)
     plugin_errors: Counter[str] = field(default_factory=Counter)
+    #: emissions sent to the overflow series by the cap, per (plugin, metric)
+    series_overflow: Counter[tuple[str, str]] = field(default_factory=Counter)
+    #: per source: connected (or, for a replay, still reading) or not
+    source_connected: dict[str, bool] = field(default_factory=dict)
     flushes: int = 0
     last_flush_seconds: float = 0.0
     last_flush_at: float | None = None
+    #: the last time the pipeline thread went to flush, whether or not anything had changed
+    last_flush_attempt: float | None = None
     newest_message: float | None = None
+    #: (time, messages processed so far) after each flush of the last minutes, for rates
+    history: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=600))
+
+    def rate(self, window: float = 60.0) -> float:
+        """Messages processed per second over about the last ``window`` seconds."""
+        points = list(self.history)
+        if len(points) < 2:
+            return 0.0
+        end_t, end_n = points[-1]
+        start_t, start_n = next(((t, n) for t, n in points if t >= end_t - window), points[0])
+        return (end_n - start_n) / (end_t - start_t) if end_t > start_t else 0.0
 
     def rejected_by_reason(self) -> dict[str, int]:
         by_reason: Counter[str] = Counter()
@@ -125,13 +142,21 @@ class Pipeline:
         self._last_flush = clock()
         self._last_prune = 0.0
         self._covered_until: datetime | None = None
-        self.aggregator = Aggregator(config.resolutions())
+        self.aggregator = Aggregator(config.resolutions(), clock)
         self.aggregator.restore(*store.load(self.metrics()))
         self._rejections_logged: Counter[str] = Counter()
+        self._limits = series_limits(config, self.metrics())
+        self._overflow = config.prometheus.overflow_value
+        #: called with each committed batch, in the pipeline thread (sinks, the exposition)
+        self.listeners: list[Callable[[Batch], None]] = []
 
     @property
     def plugin_idents(self) -> list[str]:
         return [r.ident for r in self._runners]
+
+    @property
+    def plugins(self) -> list[Plugin]:
+        return [r.plugin for r in self._runners]
 
     def metrics(self) -> dict[str, tuple[str, Metric]]:
         """Every declared metric name → (plugin ident, declaration)."""
@@ -168,6 +193,7 @@ class Pipeline:
         self._pending_ids.add(message.id)
         ts, msg_id = message.epoch, message.id
         add = self.aggregator.add
+        series, per_metric = self.aggregator.series, self.aggregator.series_per_metric
         for runner in self._runners:
             try:
                 runner.plugin.process(message, runner.out)
@@ -176,6 +202,11 @@ class Pipeline:
                 self._plugin_failed(runner.ident, message, exc)
                 continue
             for metric, labels, amount in runner.out.drain():
+                if (metric.name, labels) not in series and (
+                    per_metric[metric.name] >= self._limits[metric.name]
+                ):
+                    labels = (self._overflow,) * len(labels)
+                    self.stats.series_overflow[(runner.ident, metric.name)] += 1
                 add(runner.ident, metric, labels, amount, ts, msg_id)
         self.stats.processed[source] += 1
         newest = self.stats.newest_message
@@ -226,7 +257,7 @@ class Pipeline:
         """Commit everything since the last flush in one transaction. On a store error the
         batch is kept and retried by the next flush; the error propagates."""
         started = time.monotonic()
-        self._last_flush = self.clock()
+        self._last_flush = self.stats.last_flush_attempt = self.clock()
         batch = self.aggregator.drain()
         if not batch and not self._pending_ids and self._covered_until is None:
             return None
@@ -240,6 +271,12 @@ class Pipeline:
         self.stats.flushes += 1
         self.stats.last_flush_seconds = time.monotonic() - started
         self.stats.last_flush_at = self.clock()
+        self.stats.history.append((self.stats.last_flush_at, sum(self.stats.processed.values())))
+        for listener in self.listeners:
+            try:
+                listener(batch)
+            except Exception:
+                log.exception("a listener failed on a committed flush; the store has it")
         self._maybe_prune()
         return result
 
@@ -259,6 +296,30 @@ class Pipeline:
             self.flush()
         finally:
             self.store.close()
+
+
+def series_limits(config: Config, metrics: Mapping[str, tuple[str, Metric]]) -> dict[str, int]:
+    """Metric name → how many series it may have before new label values overflow; a
+    metric without labels has one series and needs no cap."""
+    limits: dict[str, int] = {}
+    for name, (ident, _) in metrics.items():
+        settings = config.plugins.get(ident)
+        own = settings.max_series if settings is not None else None
+        limits[name] = own if own is not None else config.prometheus.max_series
+    return limits
+
+
+def series_ttls(
+    config: Config, metrics: Mapping[str, tuple[str, Metric]]
+) -> dict[str, float | None]:
+    """Metric name → idle seconds after which a series is hidden from /metrics (None: never)."""
+    ttls: dict[str, float | None] = {}
+    for name, (ident, _) in metrics.items():
+        settings = config.plugins.get(ident)
+        ttl = settings.series_ttl if settings is not None else None
+        ttl = ttl if ttl is not None else config.prometheus.series_ttl
+        ttls[name] = ttl.total_seconds() if ttl is not None else None
+    return ttls
 
 
 def open_pipeline(config: Config, available: Mapping[str, type[Plugin]] | None = None) -> Pipeline:

@@ -30,7 +30,7 @@ from typing import Any
 from statscache_exporter.aggregate import Batch, GaugeValue, Series, SeriesKey
 from statscache_exporter.plugin import Metric
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS series (
     metric TEXT NOT NULL,
     kind TEXT NOT NULL CHECK (kind IN ('counter', 'gauge')),
     labels TEXT NOT NULL,
+    created REAL NOT NULL DEFAULT 0,
     UNIQUE (metric, labels)
 );
 CREATE TABLE IF NOT EXISTS buckets (
@@ -130,8 +131,13 @@ class Store:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     self.db.execute(statement)
+            columns = {r[1] for r in self.db.execute("PRAGMA table_info(series)")}
+            if "created" not in columns:  # schema 1 → 2
+                self.db.execute("ALTER TABLE series ADD COLUMN created REAL NOT NULL DEFAULT 0")
             self.db.execute(
-                "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                "INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE "
+                "SET value = excluded.value",
+                (str(SCHEMA_VERSION),),
             )
 
     @contextmanager
@@ -168,10 +174,10 @@ class Store:
         series: dict[SeriesKey, Series] = {}
         totals: dict[SeriesKey, int | GaugeValue] = {}
         rows = self.db.execute(
-            "SELECT s.id, s.metric, s.labels, t.value, t.ts, t.msg_id "
+            "SELECT s.id, s.metric, s.labels, s.created, t.value, t.ts, t.msg_id "
             "FROM series s LEFT JOIN totals t ON t.series = s.id"
         )
-        for sid, name, labels, value, ts, msg_id in rows:
+        for sid, name, labels, created, value, ts, msg_id in rows:
             if name not in metrics:
                 continue
             plugin, metric = metrics[name]
@@ -179,7 +185,7 @@ class Store:
             if set(stored) != set(metric.labels):
                 continue  # the plugin changed its labels; the old series stays in the store
             key: SeriesKey = (name, tuple(stored[label] for label in metric.labels))
-            series[key] = Series(plugin, metric, key[1])
+            series[key] = Series(plugin, metric, key[1], created)
             self._series_ids[key] = sid
             if value is None:
                 continue
@@ -244,9 +250,9 @@ class Store:
     def _insert_series(self, db: sqlite3.Connection, new: list[tuple[SeriesKey, Series]]) -> None:
         for key, s in new:
             row = db.execute(
-                "INSERT INTO series (plugin, metric, kind, labels) VALUES (?, ?, ?, ?) "
+                "INSERT INTO series (plugin, metric, kind, labels, created) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (metric, labels) DO UPDATE SET plugin = excluded.plugin RETURNING id",
-                (s.plugin, s.metric.name, s.metric.kind, labels_json(s)),
+                (s.plugin, s.metric.name, s.metric.kind, labels_json(s), s.created),
             ).fetchone()
             self._series_ids[key] = int(row[0])
 
@@ -309,3 +315,75 @@ class Store:
                 (metric,),
             )
         )
+
+
+@dataclass(frozen=True, slots=True)
+class BucketQuery:
+    """Which bucket rows the REST API asks for; labels: name → accepted values (OR)."""
+
+    plugin: str
+    resolution: int
+    start: int
+    stop: int
+    metrics: tuple[str, ...] = ()
+    labels: Mapping[str, tuple[str, ...]] | None = None
+    descending: bool = True
+
+
+class Reader:
+    """Read-only queries, for the HTTP threads: each call opens its own connection, so a
+    reader never shares one with the pipeline thread (WAL lets both run at once)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=10)
+        try:
+            yield db
+        finally:
+            db.close()
+
+    @staticmethod
+    def _where(q: BucketQuery) -> tuple[str, list[Any]]:
+        clauses = ["s.plugin = ?", "b.resolution = ?", "b.start >= ?", "b.start <= ?"]
+        params: list[Any] = [q.plugin, q.resolution, q.start, q.stop]
+        if q.metrics:
+            clauses.append(f"s.metric IN ({','.join('?' * len(q.metrics))})")
+            params.extend(q.metrics)
+        for name, values in (q.labels or {}).items():
+            clauses.append(f"json_extract(s.labels, ?) IN ({','.join('?' * len(values))})")
+            params.append(f'$."{name}"')
+            params.extend(values)
+        return " AND ".join(clauses), params
+
+    def ping(self) -> None:
+        """Raise if the store cannot be opened and read."""
+        with self._connect() as db:
+            db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+
+    def count(self, q: BucketQuery) -> int:
+        where, params = self._where(q)
+        with self._connect() as db:
+            row = db.execute(
+                f"SELECT count(*) FROM buckets b JOIN series s ON s.id = b.series WHERE {where}",
+                params,
+            ).fetchone()
+        return int(row[0])
+
+    def rows(
+        self, q: BucketQuery, offset: int, limit: int
+    ) -> list[tuple[int, str, dict[str, str], float]]:
+        """(bucket start, metric, labels, value), by start then metric and labels, so that
+        pages are stable."""
+        where, params = self._where(q)
+        direction = "DESC" if q.descending else "ASC"
+        with self._connect() as db:
+            found = db.execute(
+                f"SELECT b.start, s.metric, s.labels, b.value FROM buckets b "
+                f"JOIN series s ON s.id = b.series WHERE {where} "
+                f"ORDER BY b.start {direction}, s.metric, s.labels LIMIT ? OFFSET ?",
+                [*params, limit, offset],
+            ).fetchall()
+        return [(start, name, json.loads(labels), value) for start, name, labels, value in found]

@@ -1,0 +1,302 @@
+"""The HTTP server of ``statscache-exporter run``: one WSGI app, served by threads.
+
+Routes: ``/`` (landing page), ``/metrics`` (Prometheus), ``/api/`` and ``/api/<ident>``
+(statscache REST API, :mod:`restapi`), ``/healthz`` (the process answers) and ``/readyz``
+(store open, pipeline flushing). Basic auth, when configured, guards everything but
+``/healthz``; TLS, when configured, wraps the listening socket.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hmac
+import html
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from socketserver import ThreadingMixIn
+from typing import Any
+from urllib.parse import parse_qs
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry
+from prometheus_client import generate_latest as text_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, gzip_accepted
+from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_TYPE
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
+
+from statscache_exporter import restapi
+from statscache_exporter.config import HttpConfig
+from statscache_exporter.exposition import OPENMETRICS, TEXT, Exposition
+from statscache_exporter.pipeline import Pipeline
+from statscache_exporter.plugin import Plugin
+from statscache_exporter.selfmetrics import SelfMetrics, store_size
+from statscache_exporter.store import Reader
+
+log = logging.getLogger(__name__)
+
+StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+_REASONS = {200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized",
+            404: "Not Found", 405: "Method Not Allowed", 406: "Not Acceptable",
+            500: "Internal Server Error", 503: "Service Unavailable"}  # fmt: skip
+
+
+@dataclass
+class Context:
+    """What the app serves from; built by the daemon."""
+
+    pipeline: Pipeline
+    exposition: Exposition
+    self_metrics: SelfMetrics
+    reader: Reader
+    plugins: Mapping[str, type[Plugin]]
+    http: HttpConfig
+    api: restapi.ApiSettings
+    ready_within: float  # /readyz fails if the pipeline has not gone to flush for this long
+
+
+class App:
+    """The WSGI application."""
+
+    def __init__(self, ctx: Context, clock: Callable[[], float] = time.time) -> None:
+        self.ctx = ctx
+        self.clock = clock
+        self._self_registry = CollectorRegistry(auto_describe=False)
+        self._self_registry.register(ctx.self_metrics)
+        auth = ctx.http.basic_auth
+        self._credentials = (
+            base64.b64encode(f"{auth.username}:{auth.password}".encode()).decode()
+            if auth.username
+            else None
+        )
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "") or "/"
+        method = environ.get("REQUEST_METHOD", "GET")
+        try:
+            status, headers, body = self._route(environ, path, method)
+        except Exception:
+            log.exception("error serving %s", path)
+            status, headers, body = 500, [("Content-Type", "text/plain")], b"internal error\n"
+        headers.append(("Content-Length", str(len(body))))
+        start_response(f"{status} {_REASONS.get(status, '')}", headers)
+        return [b"" if method == "HEAD" else body]
+
+    def _route(
+        self, environ: dict[str, Any], path: str, method: str
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        if path == "/healthz":
+            return 200, [("Content-Type", "text/plain; charset=utf-8")], b"ok\n"
+        if self._credentials is not None and not self._authorized(environ):
+            headers = [("WWW-Authenticate", 'Basic realm="statscache-exporter"'),
+                       ("Content-Type", "text/plain; charset=utf-8")]  # fmt: skip
+            return 401, headers, b"authentication required\n"
+        if method == "OPTIONS" and path.startswith("/api/"):
+            methods = "GET, HEAD, OPTIONS"
+            allow = [
+                ("Access-Control-Allow-Origin", "*"),
+                ("Access-Control-Allow-Methods", methods),
+                ("Access-Control-Allow-Headers", "Accept"),
+                ("Allow", methods),
+            ]
+            return 204, allow, b""
+        if method not in ("GET", "HEAD"):
+            return 405, [("Allow", "GET, HEAD"), ("Content-Type", "text/plain")], b"GET only\n"
+        if path == "/metrics":
+            return self._metrics(environ)
+        if path == "/readyz":
+            return self._readyz()
+        if path == "/":
+            body = landing_page(self.ctx, self.clock()).encode()
+            return 200, [("Content-Type", "text/html; charset=utf-8")], body
+        if path == "/api" or path.startswith("/api/"):
+            return self._api(environ, path)
+        return 404, [("Content-Type", "text/plain; charset=utf-8")], b"not found\n"
+
+    def _authorized(self, environ: dict[str, Any]) -> bool:
+        header = environ.get("HTTP_AUTHORIZATION", "")
+        scheme, _, given = header.partition(" ")
+        assert self._credentials is not None
+        return scheme.lower() == "basic" and hmac.compare_digest(
+            given.strip().encode(), self._credentials.encode()
+        )
+
+    # --- /metrics ------------------------------------------------------------------------
+
+    def _metrics(self, environ: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes]:
+        accept = environ.get("HTTP_ACCEPT", "")
+        openmetrics = any(
+            part.split(";")[0].strip() == "application/openmetrics-text"
+            for part in accept.split(",")
+        )
+        compressed = gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING", ""))
+        fmt = OPENMETRICS if openmetrics else TEXT
+        cached = self.ctx.exposition.render(fmt, compressed)
+        if openmetrics:
+            # ends in "# EOF\n", which must stay last: the cached families come first
+            own: bytes = openmetrics_latest(self._self_registry)  # type: ignore[no-untyped-call]
+        else:
+            own = text_latest(self._self_registry)
+        if compressed:
+            # gzip members may follow one another: the cached member, then this scrape's own
+            own = gzip.compress(own, compresslevel=1, mtime=0)
+        body = cached + own
+        headers = [("Content-Type", OPENMETRICS_TYPE if openmetrics else CONTENT_TYPE_PLAIN_0_0_4)]
+        if compressed:
+            headers.append(("Content-Encoding", "gzip"))
+        headers.append(("Vary", "Accept, Accept-Encoding"))
+        return 200, headers, body
+
+    # --- /readyz -------------------------------------------------------------------------
+
+    def _readyz(self) -> tuple[int, list[tuple[str, str]], bytes]:
+        stats = self.ctx.pipeline.stats
+        last = stats.last_flush_attempt
+        problems = []
+        if last is None or self.clock() - last > self.ctx.ready_within:
+            problems.append("the pipeline has not flushed recently")
+        try:
+            self.ctx.reader.ping()
+        except Exception as exc:
+            problems.append(f"the store cannot be read: {exc}")
+        text = "ready\n" if not problems else "not ready: " + "; ".join(problems) + "\n"
+        return (
+            (503 if problems else 200),
+            [("Content-Type", "text/plain; charset=utf-8")],
+            text.encode(),
+        )
+
+    # --- /api ----------------------------------------------------------------------------
+
+    def _api(self, environ: dict[str, Any], path: str) -> tuple[int, list[tuple[str, str]], bytes]:
+        params = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+        accept = environ.get("HTTP_ACCEPT", "")
+        ident = path[len("/api/") :].strip("/") if path.startswith("/api/") else ""
+        try:
+            if not ident:
+                response = restapi.index(self.ctx.plugins, params, accept)
+            else:
+                plugin = self.ctx.plugins.get(ident)
+                if plugin is None:
+                    raise restapi.ApiError(
+                        404, f"no plugin {ident[:60]!r}; available: {', '.join(self.ctx.plugins)}"
+                    )
+                url = _request_url(environ)
+                response = restapi.plugin_rows(
+                    plugin, self.ctx.reader, params, accept, self.ctx.api, url, self.clock()
+                )
+        except restapi.ApiError as exc:
+            response = restapi.error_response(exc, params)
+        headers = [("Content-Type", response.content_type), *response.headers.items()]
+        return response.status, headers, response.body
+
+
+def _request_url(environ: dict[str, Any]) -> str:
+    scheme = environ.get("wsgi.url_scheme", "http")
+    host = environ.get("HTTP_HOST") or f"{environ.get('SERVER_NAME')}:{environ.get('SERVER_PORT')}"
+    return f"{scheme}://{host}{environ.get('PATH_INFO', '')}"
+
+
+# --- landing page --------------------------------------------------------------------------------
+
+
+def landing_page(ctx: Context, now: float) -> str:
+    """Plain HTML: plugins and metrics, current rates, sources and sinks, links."""
+    stats = ctx.pipeline.stats
+    e = html.escape
+    counts = ctx.exposition.series_count()
+    rows = []
+    for ident, cls in ctx.plugins.items():
+        for m in cls.metrics:
+            labels = ", ".join(m.labels) or "-"
+            rows.append(
+                f"<tr><td><a href='/api/{e(ident)}'>{e(ident)}</a></td><td>{e(m.name)}</td>"
+                f"<td>{e(m.kind)}</td><td>{e(labels)}</td><td>{counts.get(m.name, 0)}</td>"
+                f"<td>{e(m.help)}</td></tr>"
+            )
+    sources = "".join(
+        f"<tr><td>{e(name)}</td><td>{'connected' if up else 'not connected'}</td>"
+        f"<td>{stats.received.get(name, 0)}</td><td>{stats.processed.get(name, 0)}</td></tr>"
+        for name, up in sorted(dict(stats.source_connected).items())
+    )
+    last_flush = (
+        f"{now - stats.last_flush_at:.1f} s ago" if stats.last_flush_at is not None else "never"
+    )
+    newest = "none yet"
+    if stats.newest_message is not None:
+        newest = f"{now - stats.newest_message:.0f} s old"
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>statscache-exporter</title></head>
+<body>
+<h1>statscache-exporter</h1>
+<p><a href="/metrics">/metrics</a> (Prometheus) · <a href="/api/">/api/</a> (statscache REST API) ·
+<a href="/healthz">/healthz</a> · <a href="/readyz">/readyz</a></p>
+<h2>Now</h2>
+<p>{stats.rate():.1f} messages/s over the last minute; {sum(stats.processed.values())} processed,
+{sum(stats.duplicates.values())} duplicates, {sum(stats.rejected.values())} rejected since start;
+newest message {newest}.</p>
+<h2>Sources</h2>
+<table border="1"><tr><th>source</th><th>state</th><th>received</th><th>processed</th></tr>
+{sources}</table>
+<h2>Sinks</h2>
+<table border="1"><tr><th>sink</th><th>state</th></tr>
+<tr><td>store {e(str(ctx.pipeline.store.path))}</td><td>{store_size(ctx.pipeline.store.path)} bytes;
+{stats.flushes} flushes, last {last_flush}</td></tr>
+</table>
+<h2>Plugins</h2>
+<table border="1"><tr><th>plugin</th><th>metric</th><th>kind</th><th>labels</th><th>series</th>
+<th>help</th></tr>
+{"".join(rows)}</table>
+</body></html>
+"""
+
+
+# --- the server ----------------------------------------------------------------------------------
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+
+class WebServer:
+    """Serves the app from a thread until stopped."""
+
+    def __init__(self, app: App, http: HttpConfig) -> None:
+        server_class: type[_Server] = _Server6 if ":" in http.address else _Server
+        self.server = make_server(
+            http.address, http.port, app, server_class=server_class, handler_class=_QuietHandler
+        )
+        self.scheme = "http"
+        if http.tls.cert_file:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(http.tls.cert_file, http.tls.key_file)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            self.scheme = "https"
+        self.thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def start(self) -> None:
+        self.thread.start()
+        log.info("serving on %s://%s:%d/", self.scheme, self.server.server_address[0], self.port)
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
