@@ -312,7 +312,8 @@ def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
 def test_unknown_top_level_key_lists_valid_keys() -> None:
     message = config_error({"stroe": {}})
     assert message == (
-        "stroe: unknown key; valid keys: store, aggregation, messages, sources, plugins, logging"
+        "stroe: unknown key; valid keys: store, aggregation, messages, sources, plugins, http, "
+        "prometheus, logging"
     )
 
 
@@ -702,6 +703,8 @@ def test_to_plain_masks_plugin_option_secrets() -> None:
     assert to_plain(cfg)["plugins"]["volume"] == {
         "enabled": True,
         "backlog_delta": None,
+        "max_series": None,
+        "series_ttl": None,
         "options": {"api_token": "********", "n": 3},
     }
 
