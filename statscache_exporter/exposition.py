@@ -155,7 +155,8 @@ class Exposition:
             keys = list(f.visible(now))
             lines = f.lines
             out.extend(lines[k] for k in keys)
-            if self.created_series and kind == "counter":
+            if self.created_series and kind == "counter" and keys:
+                # prometheus-client writes the _created family only when it has samples
                 out.append(f"# HELP {f.name}_created {help_text}\n")
                 out.append(f"# TYPE {f.name}_created gauge\n")
                 out.extend(

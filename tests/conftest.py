@@ -51,8 +51,13 @@ def open_store(tmp_path: Path) -> Iterator[Any]:
         name: str = "store.sqlite",
         plugins: dict[str, type[Plugin]] | None = None,
         clock: Any = None,
+        plugins_config: dict[str, Any] | None = None,
         **sections: Any,
     ) -> Pipeline:
+        """``plugins``: the plugin classes (default: the bundled ones); ``plugins_config``: the
+        config's ``plugins:`` section; other keywords: other config sections."""
+        if plugins_config is not None:
+            sections["plugins"] = plugins_config
         cfg = make_config(tmp_path / name, **sections)
         pipeline = open_pipeline(cfg, plugins if plugins is not None else bundled())
         if clock is not None:
