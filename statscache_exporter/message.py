@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from statscache_exporter import schemas
+from statscache_exporter.text import is_text
 
 #: Every reason a message can be rejected for; self-metrics and summaries count by these.
 REJECT_REASONS = (
@@ -35,6 +36,7 @@ REJECT_REASONS = (
     "bad_body",  # the body is not a JSON object
     "bad_id",  # the id is present but not a non-empty string
     "future_timestamp",  # further in the future than the configured clock skew (pipeline)
+    "bad_unicode",  # the topic or id holds a lone surrogate: no UTF-8 can carry it
     "malformed",  # anything else a normalizer choked on (logged with a traceback: a bug)
 )
 
@@ -137,7 +139,7 @@ def from_datagrepper_raw(
     carried = _Carried(
         usernames=_string_list(item.get("users")) if "users" in item else None,
         packages=_string_list(item.get("packages")) if "packages" in item else None,
-        agent=item["agent_name"] if isinstance(item.get("agent_name"), str) else None,
+        agent=_agent_name(item.get("agent_name")),
     )
     return _build(*_envelope(item), environments, use_schemas, carried)
 
@@ -260,6 +262,8 @@ def _carried_from_headers(headers: Mapping[str, Any]) -> _Carried:
 def _topic(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise Rejected("no_topic", f"topic is {value!r}")
+    if not is_text(value):
+        raise Rejected("bad_unicode", f"topic {value[:80]!r} is not valid Unicode")
     return value
 
 
@@ -315,13 +319,19 @@ def _message_id(value: Any, key: str, topic: str, when: datetime, body: Mapping[
         return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
     if not isinstance(value, str) or not value:
         raise Rejected("bad_id", f"{key} is {value!r}")
+    if not is_text(value):
+        raise Rejected("bad_unicode", f"{key} {value[:80]!r} is not valid Unicode")
     return value
 
 
 def _string_list(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list | tuple):
         return ()
-    return tuple(sorted({v for v in value if isinstance(v, str) and v}))
+    return tuple(sorted({v for v in value if isinstance(v, str) and v and is_text(v)}))
+
+
+def _agent_name(value: Any) -> str | None:
+    return value if isinstance(value, str) and value and is_text(value) else None
 
 
 def _is_fedora_messaging_object(obj: Any) -> bool:

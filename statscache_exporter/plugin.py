@@ -33,6 +33,7 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any, ClassVar, Literal
 
 from statscache_exporter.message import Message
+from statscache_exporter.text import is_text
 
 ENTRY_POINT_GROUP = "statscache.plugin"
 
@@ -167,6 +168,11 @@ class Output:
                 raise EmitError(
                     f"plugin {self._plugin!r}: label {name!r} of {decl.name!r} must be a "
                     f"string, got {type(value).__name__} {value!r}"
+                )
+            if not value.isascii() and not is_text(value):
+                raise EmitError(
+                    f"plugin {self._plugin!r}: label {name!r} of {decl.name!r} is not valid "
+                    f"Unicode: {value[:80]!r}"
                 )
         return values
 

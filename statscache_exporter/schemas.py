@@ -18,6 +18,8 @@ from typing import Any
 
 import pika  # fedora-messaging's own dependency: how a schema class gets its headers
 
+from statscache_exporter.text import is_text
+
 log = logging.getLogger(__name__)
 
 SCHEMA_HEADER = "fedora_messaging_schema"
@@ -86,8 +88,8 @@ def _guarded(message: Any, prop: str) -> Any:
 def _names(value: Any) -> tuple[str, ...] | None:
     if not isinstance(value, list | tuple | set | frozenset):
         return None
-    return tuple(sorted({v for v in value if isinstance(v, str) and v}))
+    return tuple(sorted({v for v in value if isinstance(v, str) and v and is_text(v)}))
 
 
 def _agent(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
+    return value if isinstance(value, str) and value and is_text(value) else None

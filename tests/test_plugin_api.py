@@ -303,3 +303,11 @@ def test_a_pip_installed_third_party_plugin_is_found_and_works(tmp_path: Path) -
     )
     assert bad.returncode == 2
     assert "plugins.bodhi_comments.options.count_bodhi: expected true or false" in bad.stderr
+
+
+def test_a_label_value_that_is_not_valid_unicode_is_an_emit_error() -> None:
+    out = Output("p", {"c": Counter("c", "c", ("user",))})
+    with pytest.raises(EmitError, match="label 'user' of 'c' is not valid Unicode"):
+        out.inc("c", user="x\ud800")
+    out.inc("c", user="ünïcødé☃")
+    assert out.drain() == [(Counter("c", "c", ("user",)), ("ünïcødé☃",), 1)]

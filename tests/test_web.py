@@ -242,3 +242,30 @@ def test_tls_config_must_name_readable_files(tmp_path: Path) -> None:
         configuration.ConfigError, match=r"http\.tls: give both cert_file and key_file"
     ):
         configuration.from_dict({"http": {"tls": {"cert_file": str(tmp_path)}}})
+
+
+def test_lone_surrogates_never_reach_the_store_or_break_metrics(app_for: Any) -> None:
+    """JSON may carry "\\ud800"; no UTF-8 can. Such a topic or id is rejected, such a
+    username dropped, and /metrics and the API keep answering."""
+    app, p = app_for()
+    raw = (
+        '{"topic": "org.fedoraproject.prod.bo\\ud800dhi.x", "msg": {}, "timestamp": '
+        + str(int(NOW))
+        + ', "msg_id": "s1"}'
+    )
+    assert p.handle(raw, "bus") == "rejected"
+    assert p.handle({**fedmsg(50), "msg_id": "bad\udc80id"}, "bus") == "rejected"
+    item = {
+        **fedmsg(51),
+        "users": ["fine", "bad\udc80"],
+        "packages": ["p\ud800"],
+        "agent_name": "\ud800",
+    }
+    assert p.handle(item, "bus") == "processed"
+    p.flush()
+    assert p.stats.rejected[("bus", "bad_unicode")] == 2
+    status, _, body = wsgi(app, "/metrics")
+    assert status == 200
+    assert 'statscache_messages_by_user_total{user="fine"} 1.0\n' in body.decode()
+    assert "messages_by_package_total{" not in body.decode()
+    assert wsgi(app, "/api/volume_by_user")[0] == 200
