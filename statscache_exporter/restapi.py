@@ -165,9 +165,10 @@ def _resolution(params: Mapping[str, Sequence[str]], settings: ApiSettings) -> i
     if raw is None:
         return settings.resolutions[0]
     try:
-        seconds = int(parse_duration(raw, "resolution").total_seconds())
+        exact = parse_duration(raw, "resolution").total_seconds()
     except ConfigError:
-        seconds = -1
+        exact = -1.0
+    seconds = int(exact) if exact.is_integer() else -1  # 60.5 s is no resolution, not 1m
     if seconds not in settings.resolutions:
         raise ApiError(400, f"resolution {raw[:20]!r} is not kept; valid: {valid}", "resolution")
     return seconds
@@ -271,7 +272,10 @@ def plugin_rows(
     pages = max(1, math.ceil(total / per_page))
     offset = (page - 1) * per_page
     rows = reader.rows(query, offset, max(0, min(per_page, total - offset)))
-    headers = {**_cors(), **_paging_headers(url, params, page, pages)}
+    # The links carry the stop this page used, default or not: following them later must
+    # walk the same rows, not the ones that arrived since.
+    link_params = {**params, "stop": [str(query.stop)]}
+    headers = {**_cors(), **_paging_headers(url, link_params, page, pages)}
     if kind == "csv":
         label_names = sorted({label for m in plugin.metrics for label in m.labels})
         header = ["start", "time", "metric", *label_names, "value"]

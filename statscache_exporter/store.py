@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from statscache_exporter.aggregate import Batch, GaugeValue, Series, SeriesKey
 from statscache_exporter.plugin import Metric
@@ -339,7 +340,9 @@ class Reader:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=10)
+        # a URI, for mode=ro; '?', '#' and '%' in the path must be percent-encoded in it
+        uri = f"file:{quote(str(self.path.absolute()))}?mode=ro"
+        db = sqlite3.connect(uri, uri=True, timeout=10)
         try:
             yield db
         finally:
