@@ -8,14 +8,14 @@ CONFIG ?= config.yaml
 # apt-get as root, or through sudo when not root.
 APT    := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: run test lint typecheck unit system-deps venv clean bench
+.PHONY: run test lint typecheck unit system-deps test-deps venv clean bench
 
 run: $(STAMP)
 	$(BIN)/statscache-exporter run --config $(CONFIG)
 
 test: lint typecheck unit
 
-unit: $(STAMP)
+unit: $(STAMP) test-deps
 	$(BIN)/pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
@@ -27,10 +27,17 @@ typecheck: $(STAMP)
 
 venv: $(STAMP)
 
-# Debian packages the virtualenv needs: venv/ensurepip and a compiler for wheels that build.
+# Debian packages the virtualenv needs (venv/ensurepip, a compiler for wheels that build),
+# installed only when missing.
 system-deps:
 	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null && command -v gcc >/dev/null || { \
 	  $(APT) update -q && $(APT) install -y -q python3 python3-venv python3-dev gcc; }
+
+# The servers the integration tests start on loopback, installed only when missing:
+# prometheus (and promtool), without its recommended node exporter.
+test-deps:
+	@{ command -v prometheus && command -v promtool; } >/dev/null || { \
+	  $(APT) update -q && $(APT) install -y -q --no-install-recommends prometheus; }
 
 $(STAMP): pyproject.toml | system-deps
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

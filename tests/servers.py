@@ -1,0 +1,418 @@
+"""Real servers for integration tests: a private Prometheus, and `statscache-exporter run` as a
+process. Everything binds to 127.0.0.1 on free ports, keeps its data under the test's tmp_path,
+and is stopped at the end (terminate, then kill if it does not stop).
+
+A missing binary skips the test on a developer machine and fails it in CI (``CI=true``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+T = TypeVar("T")
+
+#: Result of a PromQL instant query: [{"metric": {label: value}, "value": [time, "number"]}]
+PromResult = list[dict[str, Any]]
+#: The samples of an exposition: (sample name, sorted label pairs) -> value
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+# No proxy for loopback servers, whatever the environment says.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+# --- small helpers -------------------------------------------------------------------------------
+
+
+def require_binary(name: str) -> str:
+    """The path of an executable (``/usr/bin/<name>`` first, then PATH). Missing: the test
+    fails when ``CI=true`` and is skipped, saying why, on a developer machine."""
+    candidate = Path("/usr/bin") / name
+    path = str(candidate) if os.access(candidate, os.X_OK) else shutil.which(name)
+    if path is None:
+        reason = (
+            f"{name} not found in /usr/bin or on PATH: install it with `make system-deps` "
+            f"(the Debian package prometheus provides prometheus and promtool)"
+        )
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return path
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (bound to port 0, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(
+    probe: Callable[[], T],
+    predicate: Callable[[T], bool],
+    what: str,
+    timeout: float = 30.0,
+    interval: float = 0.2,
+) -> T:
+    """Call ``probe`` until ``predicate`` holds on its result; fail after ``timeout`` seconds,
+    naming ``what`` was awaited and the last result (or error) seen."""
+    deadline = time.monotonic() + timeout
+    last: Any = "nothing yet"
+    while True:
+        try:
+            value = probe()
+        except Exception as exc:  # a server still starting: retry until the deadline
+            last = f"error: {exc!r}"
+        else:
+            if predicate(value):
+                return value
+            last = value
+        if time.monotonic() >= deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}; last: {last!r}")
+        time.sleep(interval)
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]  # lower-cased names
+    body: bytes
+
+
+def http_get(url: str, headers: dict[str, str] | None = None, timeout: float = 10.0) -> Response:
+    """GET without proxies and without raising on HTTP error statuses."""
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with _OPENER.open(request, timeout=timeout) as r:
+            return Response(r.status, {k.lower(): v for k, v in r.headers.items()}, r.read())
+    except urllib.error.HTTPError as exc:
+        return Response(exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read())
+
+
+def parse_text(exposition: str) -> Samples:
+    """Every sample of a text-format exposition, keyed by name and labels."""
+    out: Samples = {}
+    for family in text_string_to_metric_families(exposition):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def total(samples: Samples, name: str) -> float:
+    """The sum of every series of sample ``name``."""
+    return sum(v for (n, _), v in samples.items() if n == name)
+
+
+def _tail(path: Path, chars: int = 3000) -> str:
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except OSError:
+        return "(no log)"
+
+
+def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+    """Send ``sig``, wait; kill if it does not stop in time. The exit code."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    return int(proc.returncode)
+
+
+# --- Prometheus ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Prometheus:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def api(self, path: str, **params: str) -> Any:
+        """``GET /api/v1/<path>``; the ``data`` of a successful answer."""
+        url = f"{self.url}/api/v1/{path}?{urllib.parse.urlencode(params)}"
+        r = http_get(url)
+        answer = json.loads(r.body)
+        if r.status != 200 or answer.get("status") != "success":
+            raise AssertionError(f"Prometheus {path} {params}: HTTP {r.status}: {answer}")
+        return answer["data"]
+
+    def instant(self, promql: str) -> PromResult:
+        """One instant query; a vector result as a list of {"metric", "value"} dicts."""
+        data = self.api("query", query=promql)
+        if data["resultType"] == "scalar":
+            return [{"metric": {}, "value": data["result"]}]
+        result: PromResult = data["result"]
+        return result
+
+    def query(
+        self,
+        promql: str,
+        predicate: Callable[[PromResult], bool] = bool,
+        timeout: float = 30.0,
+    ) -> PromResult:
+        """Poll an instant query until ``predicate`` holds on its result (by default: not
+        empty); fail after ``timeout`` with the last result."""
+        return wait_until(
+            lambda: self.instant(promql),
+            predicate,
+            f"PromQL {promql!r} to satisfy its predicate",
+            timeout,
+            interval=0.25,
+        )
+
+    def wait_for_scrape_after(self, when: float, job: str = "statscache") -> None:
+        """Wait until every target of ``job`` has been scraped (successfully) after the wall-clock
+        time ``when``, so that what a query returns reflects the target's state since then."""
+        wait_until(
+            # timestamp() of a bare selector is the sample's (scrape's) time; of an
+            # expression it would be the evaluation time
+            lambda: self.instant(f'timestamp(up{{job="{job}"}}) and up{{job="{job}"}} == 1'),
+            lambda r: bool(r) and all(float(s["value"][1]) > when for s in r),
+            f"a successful scrape of job {job} after {when:.3f}",
+        )
+
+
+def values_by(result: PromResult, label: str) -> dict[str, float]:
+    """A query result as {value of ``label``: sample value}."""
+    out: dict[str, float] = {}
+    for s in result:
+        key = s["metric"].get(label, "")
+        assert key not in out, f"two series with {label}={key!r} in {result}"
+        out[key] = float(s["value"][1])
+    return out
+
+
+def single_value(result: PromResult) -> float:
+    assert len(result) == 1, f"expected one series, got {result}"
+    return float(result[0]["value"][1])
+
+
+@contextlib.contextmanager
+def prometheus_server(
+    tmp_path: Path, targets: list[str], scrape_interval: str = "1s"
+) -> Iterator[Prometheus]:
+    """A private Prometheus scraping ``targets`` (``host:port``) as job ``statscache`` every
+    ``scrape_interval``, ready when yielded, stopped at the end."""
+    binary = require_binary("prometheus")
+    port = free_port()
+    home = tmp_path / f"prometheus-{port}"
+    home.mkdir(parents=True)
+    config = home / "prometheus.yml"
+    config.write_text(
+        json.dumps(  # JSON is YAML
+            {
+                "global": {
+                    "scrape_interval": scrape_interval,
+                    "scrape_timeout": scrape_interval,
+                    "evaluation_interval": scrape_interval,
+                },
+                "scrape_configs": [
+                    {
+                        "job_name": "statscache",
+                        "honor_labels": False,
+                        "static_configs": [{"targets": targets}],
+                    }
+                ],
+            },
+            indent=2,
+        )
+    )
+    log = home / "prometheus.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={home / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--storage.tsdb.retention.time=1d",
+            ],
+            cwd=home,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    server = Prometheus(f"http://127.0.0.1:{port}", process, log)
+    try:
+
+        def ready() -> int:
+            if process.poll() is not None:
+                pytest.fail(f"prometheus exited {process.returncode} at start:\n{_tail(log)}")
+            return http_get(f"{server.url}/-/ready", timeout=2).status
+
+        wait_until(ready, lambda status: status == 200, f"Prometheus at {server.url}/-/ready")
+        yield server
+    finally:
+        _stop(process)
+
+
+# --- the exporter --------------------------------------------------------------------------------
+
+
+@dataclass
+class Exporter:
+    """`statscache-exporter run` as a process (start it with :func:`exporter_process`)."""
+
+    port: int
+    store: Path
+    config: Path
+    log: Path
+    process: subprocess.Popen[bytes] | None = None
+    plugins: dict[str, Any] | None = None  # the config's plugins section
+    returncode: int | None = None
+    runs: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        assert self.process is None, "already running"
+        self.runs += 1
+        with self.log.open("ab") as out:
+            out.write(f"--- run {self.runs} ---\n".encode())
+            out.flush()
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "statscache_exporter", "run", "--config", str(self.config)],
+                cwd=self.config.parent,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        process = self.process
+
+        def healthz() -> int:
+            if process.poll() is not None:
+                pytest.fail(f"the exporter exited {process.returncode}:\n{_tail(self.log)}")
+            return http_get(f"{self.url}/healthz", timeout=2).status
+
+        wait_until(healthz, lambda status: status == 200, f"the exporter at {self.url}/healthz")
+
+    def stop(self) -> int:
+        """SIGTERM (killed if it does not stop); the exit code."""
+        assert self.process is not None, "not running"
+        self.returncode = _stop(self.process, signal.SIGTERM)
+        self.process = None
+        return self.returncode
+
+    def stop_cleanly(self) -> None:
+        """SIGTERM, and the exit code must be 0."""
+        code = self.stop()
+        assert code == 0, f"the exporter exited {code} on SIGTERM:\n{_tail(self.log)}"
+
+    def reconfigure(self, paths: list[Path]) -> None:
+        """Rewrite the config (same store, port and plugins) with other replay files; it takes
+        effect at the next :meth:`start`."""
+        write_exporter_config(self.config, self.store, self.port, paths, self.plugins)
+
+    def get(self, path: str = "/metrics", headers: dict[str, str] | None = None) -> Response:
+        return http_get(self.url + path, headers)
+
+    def samples(self) -> Samples:
+        """The current /metrics (text format), parsed."""
+        r = self.get("/metrics")
+        assert r.status == 200, r
+        return parse_text(r.body.decode("utf-8"))
+
+    def wait_replayed(
+        self, items: int, stored_before: int | None = 0, timeout: float = 60.0
+    ) -> Samples:
+        """Wait until this run has handled ``items`` messages (received, and each processed,
+        a duplicate or rejected), its replay is over, and what it processed is flushed:
+        statscache_messages_total (which only moves after a committed flush) is
+        ``stored_before`` plus the messages processed. ``stored_before=None``: every message
+        already in the store is seen again by this run, as a duplicate. The samples then."""
+
+        def done(s: Samples) -> bool:
+            received = total(s, "statscache_exporter_messages_received_total")
+            processed = total(s, "statscache_exporter_messages_processed_total")
+            duplicates = total(s, "statscache_exporter_messages_duplicate_total")
+            rejected = total(s, "statscache_exporter_messages_rejected_total")
+            reading = total(s, "statscache_exporter_source_connected")
+            counted = s.get(("statscache_messages_total", ()), 0)
+            before = duplicates if stored_before is None else stored_before
+            return (
+                received == processed + duplicates + rejected == items
+                and reading == 0
+                and counted == before + processed
+            )
+
+        return wait_until(
+            self.samples, done, f"the replay of {items} messages on {self.url}", timeout
+        )
+
+
+def write_exporter_config(
+    path: Path, store: Path, port: int, paths: list[Path], plugins: dict[str, Any] | None = None
+) -> None:
+    data: dict[str, Any] = {
+        "store": {"path": str(store), "flush_interval": "250ms"},
+        "sources": [{"type": "replay", "name": "file", "paths": [str(p) for p in paths]}],
+        "http": {"enabled": True, "address": "127.0.0.1", "port": port},
+        "logging": {"level": "INFO"},
+    }
+    if plugins:
+        data["plugins"] = plugins
+    path.write_text(json.dumps(data, indent=2))  # JSON is YAML
+
+
+@contextlib.contextmanager
+def exporter_process(
+    tmp_path: Path,
+    paths: list[Path],
+    plugins: dict[str, Any] | None = None,
+    port: int | None = None,
+) -> Iterator[Exporter]:
+    """`statscache-exporter run` replaying ``paths`` into a store under ``tmp_path``, serving
+    HTTP on a free port of 127.0.0.1; started (answering /healthz) when yielded. At the end it
+    gets SIGTERM and, when the test body went through, must exit 0. ``port``: one chosen in
+    advance (e.g. already a Prometheus target), else a free one."""
+    home = tmp_path / "exporter"
+    home.mkdir(parents=True, exist_ok=True)
+    exporter = Exporter(
+        port=port if port is not None else free_port(),
+        store=home / "store.sqlite",
+        config=home / "config.yaml",
+        log=home / "exporter.log",
+        plugins=plugins,
+    )
+    exporter.reconfigure(paths)
+    try:
+        exporter.start()
+        yield exporter
+    except BaseException:
+        if exporter.process is not None:
+            exporter.stop()
+        raise
+    if exporter.process is not None:
+        exporter.stop_cleanly()
+
+
+def write_jsonl(path: Path, messages: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(m) + "\n" for m in messages), encoding="utf-8")
+    return path
