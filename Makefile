@@ -19,13 +19,19 @@ unit: $(STAMP) test-deps
 	$(BIN)/pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
-	$(BIN)/ruff check statscache_exporter plugins tests
-	$(BIN)/ruff format --check statscache_exporter plugins tests
+	$(BIN)/ruff check statscache_exporter plugins tests bench
+	$(BIN)/ruff format --check statscache_exporter plugins tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
 venv: $(STAMP)
+
+# Benchmarks print figures and ratios (markdown on stdout, JSON in var/bench/); they assert no
+# timings. See bench/README.md.
+bench: $(STAMP)
+	mkdir -p var/bench
+	$(BIN)/python bench/metrics_render.py --json var/bench/metrics_render.json
 
 # Debian packages the virtualenv needs (venv/ensurepip, a compiler for wheels that build),
 # installed only when missing.

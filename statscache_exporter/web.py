@@ -132,6 +132,7 @@ class App:
         accept = environ.get("HTTP_ACCEPT", "")
         openmetrics = any(
             part.split(";")[0].strip() == "application/openmetrics-text"
+            and "q=0" not in part.replace(" ", "").split(";")  # q=0 means "not this"
             for part in accept.split(",")
         )
         compressed = gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING", ""))

@@ -269,3 +269,10 @@ def test_lone_surrogates_never_reach_the_store_or_break_metrics(app_for: Any) ->
     assert 'statscache_messages_by_user_total{user="fine"} 1.0\n' in body.decode()
     assert "messages_by_package_total{" not in body.decode()
     assert wsgi(app, "/api/volume_by_user")[0] == 200
+
+
+def test_openmetrics_refused_with_q0_gets_the_text_format(app_for: Any) -> None:
+    app, _ = app_for()
+    accept = "application/openmetrics-text; version=1.0.0; q=0, text/plain"
+    status, headers, _ = wsgi(app, "/metrics", {"Accept": accept})
+    assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
