@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -42,11 +42,19 @@ class SelfMetrics:
         self.series_count = series_count
         self.clock = clock
 
-    def _counter(self, name: str, help: str, labels: list[str]) -> CounterMetricFamily:
-        return CounterMetricFamily(self.name + name, help, labels=labels)
-
-    def _gauge(self, name: str, help: str, labels: list[str] | None = None) -> GaugeMetricFamily:
-        return GaugeMetricFamily(self.name + name, help, labels=labels or [])
+    def _family(
+        self,
+        kind: str,
+        name: str,
+        help: str,
+        labels: Sequence[str],
+        samples: Iterable[tuple[Sequence[str], float]],
+    ) -> Metric:
+        cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+        family = cls(self.name + name, help, labels=list(labels))
+        for values, value in samples:
+            family.add_metric(list(values), value)
+        return family
 
     def collect(self) -> Iterator[Metric]:
         stats = self.pipeline.stats
@@ -58,66 +66,82 @@ class SelfMetrics:
             ("messages_duplicate", "Messages skipped as already counted", dict(stats.duplicates)),
         ]
         for name, help, counts in per_source:
-            family = self._counter(name, help + ", per source", ["source"])
-            for source, n in sorted(counts.items()):
-                family.add_metric([source], n)
-            yield family
-        rejected = self._counter(
+            samples = (((source,), n) for source, n in sorted(counts.items()))
+            yield self._family("counter", name, help + ", per source", ["source"], samples)
+        yield self._family(
+            "counter",
             "messages_rejected",
             "Messages rejected as malformed, per source and reason",
             ["source", "reason"],
+            sorted(dict(stats.rejected).items()),
         )
-        for (source, reason), n in sorted(dict(stats.rejected).items()):
-            rejected.add_metric([source, reason], n)
-        yield rejected
-        errors = self._counter("plugin_errors", "Messages a plugin failed on", ["plugin"])
-        for ident in self.pipeline.plugin_idents:
-            errors.add_metric([ident], stats.plugin_errors.get(ident, 0))
-        yield errors
-        yield from self._series()
-        yield from self._flushes()
-        connected = self._gauge(
-            "source_connected", "1 while a source is connected (a replay: reading)", ["source"]
+        yield self._family(
+            "counter",
+            "plugin_errors",
+            "Messages a plugin failed on",
+            ["plugin"],
+            (((i,), stats.plugin_errors.get(i, 0)) for i in self.pipeline.plugin_idents),
         )
-        for source, up in sorted(dict(stats.source_connected).items()):
-            connected.add_metric([source], 1.0 if up else 0.0)
-        yield connected
-
-    def _series(self) -> Iterator[Metric]:
-        stats = self.pipeline.stats
-        counts = self.series_count()
         owner = {name: ident for name, (ident, _) in self.pipeline.metrics().items()}
-        series = self._gauge("series", "Series per metric", ["plugin", "metric"])
-        for metric, n in sorted(counts.items()):
-            series.add_metric([owner.get(metric, ""), metric], n)
-        yield series
-        overflow = self._counter(
+        yield self._family(
+            "gauge",
+            "series",
+            "Series per metric",
+            ["plugin", "metric"],
+            (((owner.get(m, ""), m), n) for m, n in sorted(self.series_count().items())),
+        )
+        yield self._family(
+            "counter",
             "series_overflow",
             "Emissions counted under the overflow label value because the metric hit its cap",
             ["plugin", "metric"],
+            sorted(dict(stats.series_overflow).items()),
         )
-        for (plugin, metric), n in sorted(dict(stats.series_overflow).items()):
-            overflow.add_metric([plugin, metric], n)
-        yield overflow
+        yield from self._flushes()
+        yield self._family(
+            "gauge",
+            "source_connected",
+            "1 while a source is connected (a replay: reading)",
+            ["source"],
+            (
+                ((src,), 1.0 if up else 0.0)
+                for src, up in sorted(dict(stats.source_connected).items())
+            ),
+        )
 
     def _flushes(self) -> Iterator[Metric]:
         stats = self.pipeline.stats
-        flushes = self._counter("flushes", "Flushes committed to the store", [])
-        flushes.add_metric([], stats.flushes)
-        yield flushes
-        duration = self._gauge("flush_duration_seconds", "Duration of the last committed flush")
-        duration.add_metric([], stats.last_flush_seconds)
-        yield duration
+        yield self._family(
+            "counter", "flushes", "Flushes committed to the store", [], [((), stats.flushes)]
+        )
+        yield self._family(
+            "gauge",
+            "flush_duration_seconds",
+            "Duration of the last committed flush",
+            [],
+            [((), stats.last_flush_seconds)],
+        )
         if stats.last_flush_at is not None:
-            last = self._gauge("last_flush_timestamp_seconds", "When the last flush committed")
-            last.add_metric([], stats.last_flush_at)
-            yield last
-        if stats.newest_message is not None:
-            age = self._gauge(
-                "newest_message_age_seconds", "Age of the newest message processed, by its own time"
+            yield self._family(
+                "gauge",
+                "last_flush_timestamp_seconds",
+                "When the last flush committed",
+                [],
+                [((), stats.last_flush_at)],
             )
-            age.add_metric([], max(0.0, self.clock() - stats.newest_message))
-            yield age
-        size = self._gauge("store_size_bytes", "Size of the SQLite store and its WAL")
-        size.add_metric([], store_size(self.pipeline.store.path))
-        yield size
+        if stats.newest_message is not None:
+            age = max(0.0, self.clock() - stats.newest_message)
+            yield self._family(
+                "gauge",
+                "newest_message_age_seconds",
+                "Age of the newest message processed, by its own time",
+                [],
+                [((), age)],
+            )
+        yield self._family(
+            "gauge",
+            "store_size_bytes",
+            "Size of the SQLite store and its WAL",
+            [],
+            [((), store_size(self.pipeline.store.path))],
+        )
