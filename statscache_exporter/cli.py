@@ -95,10 +95,13 @@ def _run(config: Config, args: argparse.Namespace) -> int:
 
 
 def _replay(config: Config, args: argparse.Namespace) -> int:
-    from statscache_exporter.pipeline import open_pipeline
+    from statscache_exporter.pipeline import influx_sink_for, open_pipeline
     from statscache_exporter.sources.replay import read
 
     pipeline = open_pipeline(config)
+    sink = influx_sink_for(pipeline)
+    if sink is not None:
+        sink.start()
     started = time.monotonic()
     read_count = 0
     stop = _stop_between_messages()
@@ -111,7 +114,15 @@ def _replay(config: Config, args: argparse.Namespace) -> int:
     interrupted = stop.is_set()  # what was processed is kept: the next replay skips it by id
     try:
         pipeline.flush()
+        if sink is not None:
+            sink.stop()  # sends what is queued, within influxdb.shutdown_timeout
         summary = _summary(pipeline, read_count, time.monotonic() - started)
+        if sink is not None:
+            summary["influxdb"] = {
+                "points_written": sink.stats.points_written,
+                "points_refused": sink.stats.points_refused,
+                "pending": sink.stats.pending,
+            }
     finally:
         pipeline.store.close()
     if args.json:
@@ -164,6 +175,12 @@ def _print_summary(s: dict[str, Any]) -> None:
     print(f"{'plugin':<24}{'series':>8}{'errors':>8}")
     for ident, p in s["plugins"].items():
         print(f"{ident:<24}{p['series']:>8}{p['errors']:>8}")
+    if "influxdb" in s:
+        i = s["influxdb"]
+        print(
+            f"influxdb: {i['points_written']} points written, {i['points_refused']} refused, "
+            f"{i['pending']} still queued (sent at the next run)"
+        )
     print(f"took {s['seconds']:.2f} s")
 
 

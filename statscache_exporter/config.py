@@ -132,6 +132,30 @@ class PrometheusConfig:
 
 
 @dataclass(frozen=True)
+class InfluxConfig:
+    enabled: bool = False
+    mode: Literal["v1", "v2"] = "v1"
+    url: str = "http://127.0.0.1:8086"
+    # v1: /write
+    database: str = "statscache"
+    retention_policy: str = ""
+    username: str = ""
+    password: str = ""
+    create_database: bool = False
+    # v2: influxdb-client's write API
+    org: str = ""
+    bucket: str = ""
+    token: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+    batch_size: int = 5000
+    max_pending: int = 2_000_000
+    timeout: timedelta = timedelta(seconds=10)
+    retry_initial: timedelta = timedelta(seconds=1)
+    retry_max: timedelta = timedelta(seconds=60)
+    shutdown_timeout: timedelta = timedelta(seconds=10)
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
@@ -146,6 +170,7 @@ class Config:
     plugins: dict[str, PluginConfig] = field(default_factory=dict)
     http: HttpConfig = field(default_factory=HttpConfig)
     prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
+    influxdb: InfluxConfig = field(default_factory=InfluxConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def resolutions(self) -> tuple[int, ...]:
@@ -225,6 +250,7 @@ def _check(config: Config) -> None:
         raise ConfigError("store.max_batch: must be at least 1")
     _check_http(config.http)
     _check_prometheus(config)
+    _check_influx(config.influxdb)
     names = [s.name for s in config.sources]
     for name in names:
         if names.count(name) > 1:
@@ -268,6 +294,31 @@ def _check_prometheus(config: Config) -> None:
     for ident, plugin in config.plugins.items():
         if plugin.max_series is not None and plugin.max_series < 1:
             raise ConfigError(f"plugins.{ident}.max_series: must be at least 1")
+
+
+_TAG_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _check_influx(influx: InfluxConfig) -> None:
+    if not influx.enabled:
+        return
+    if not influx.url.startswith(("http://", "https://")):
+        raise ConfigError(f"influxdb.url: {influx.url!r} must start with http:// or https://")
+    if influx.mode == "v1" and not influx.database:
+        raise ConfigError("influxdb.database: required in mode v1")
+    if influx.mode == "v2":
+        for key in ("org", "bucket", "token"):
+            if not getattr(influx, key):
+                raise ConfigError(f"influxdb.{key}: required in mode v2")
+    for key in influx.tags:
+        if not _TAG_KEY.match(key):
+            raise ConfigError(f"influxdb.tags.{key}: a tag key must match {_TAG_KEY.pattern}")
+    if not 1 <= influx.batch_size <= 100_000:
+        raise ConfigError("influxdb.batch_size: must be between 1 and 100000")
+    if influx.max_pending < influx.batch_size:
+        raise ConfigError("influxdb.max_pending: must be at least influxdb.batch_size")
+    if influx.retry_initial > influx.retry_max:
+        raise ConfigError("influxdb.retry_initial: must not exceed influxdb.retry_max")
 
 
 # --- generic dataclass builder ---------------------------------------------------------------

@@ -17,7 +17,8 @@ from typing import Any
 from statscache_exporter import restapi
 from statscache_exporter.config import Config, ReplaySourceConfig
 from statscache_exporter.exposition import Exposition
-from statscache_exporter.pipeline import Pipeline, open_pipeline, series_ttls
+from statscache_exporter.influx import InfluxSink
+from statscache_exporter.pipeline import Pipeline, influx_sink_for, open_pipeline, series_ttls
 from statscache_exporter.selfmetrics import SelfMetrics
 from statscache_exporter.sources import Source
 from statscache_exporter.sources.replay import ReplaySource
@@ -51,13 +52,17 @@ def exposition_for(pipeline: Pipeline) -> Exposition:
     return exposition
 
 
-def web_context(pipeline: Pipeline, exposition: Exposition) -> Context:
+def web_context(
+    pipeline: Pipeline, exposition: Exposition, influx: InfluxSink | None = None
+) -> Context:
     config = pipeline.config
     plugins = {type(p).ident: type(p) for p in pipeline.plugins}
     return Context(
         pipeline=pipeline,
         exposition=exposition,
-        self_metrics=SelfMetrics(pipeline, config.prometheus.prefix, exposition.series_count),
+        self_metrics=SelfMetrics(
+            pipeline, config.prometheus.prefix, exposition.series_count, influx=influx
+        ),
         reader=Reader(config.store.path),
         plugins=plugins,
         http=config.http,
@@ -77,11 +82,12 @@ class Daemon:
         self.queue: queue.Queue[tuple[str, Any]] = queue.Queue(QUEUE_SIZE)
         self.pipeline: Pipeline = open_pipeline(config)
         self.exposition = exposition_for(self.pipeline)
+        self.influx = influx_sink_for(self.pipeline)
         self.sources = make_sources(config)
         self.threads: list[threading.Thread] = []
         self.web = (
-            WebServer(App(web_context(self.pipeline, self.exposition)), config.http)
-            if (config.http.enabled)
+            WebServer(App(web_context(self.pipeline, self.exposition, self.influx)), config.http)
+            if config.http.enabled
             else None
         )
 
@@ -110,6 +116,8 @@ class Daemon:
     def start(self) -> None:
         if self.web is not None:
             self.web.start()
+        if self.influx is not None:
+            self.influx.start()
         for source in self.sources:
             t = threading.Thread(
                 target=self._run_source, args=(source,), name=source.name, daemon=True
@@ -147,6 +155,8 @@ class Daemon:
                 break
             self.pipeline.handle(raw, name)
         self.pipeline.close()
+        if self.influx is not None:
+            self.influx.stop()  # bounded by influxdb.shutdown_timeout
         if self.web is not None:
             self.web.stop()
         log.info("stopped after a final flush")

@@ -32,7 +32,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from statscache_exporter import message as messages
 from statscache_exporter.aggregate import Aggregator, Batch
@@ -40,6 +40,9 @@ from statscache_exporter.config import Config, ConfigError, build, format_durati
 from statscache_exporter.message import Message, Rejected
 from statscache_exporter.plugin import Metric, Output, Plugin, PluginError, check_unique_metrics
 from statscache_exporter.store import FlushResult, Store, StoreError
+
+if TYPE_CHECKING:
+    from statscache_exporter.influx import InfluxSink
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,8 @@ class Stats:
     plugin_errors: Counter[str] = field(default_factory=Counter)
     #: emissions sent to the overflow series by the cap, per (plugin, metric)
     series_overflow: Counter[tuple[str, str]] = field(default_factory=Counter)
+    #: base-resolution bucket changes not queued for InfluxDB because its outbox was full
+    outbox_overflow: int = 0
     #: per source: connected (or, for a replay, still reading) or not
     source_connected: dict[str, bool] = field(default_factory=dict)
     flushes: int = 0
@@ -149,6 +154,10 @@ class Pipeline:
         self._overflow = config.prometheus.overflow_value
         #: called with each committed batch, in the pipeline thread (sinks, the exposition)
         self.listeners: list[Callable[[Batch], None]] = []
+        #: the resolution whose changed buckets each flush queues for InfluxDB (None: no sink),
+        #: and whether the sink still takes more (its outbox is bounded)
+        self.outbox_resolution: int | None = None
+        self.outbox_accepting: Callable[[], bool] = lambda: True
 
     @property
     def plugin_idents(self) -> list[str]:
@@ -261,8 +270,19 @@ class Pipeline:
         batch = self.aggregator.drain()
         if not batch and not self._pending_ids and self._covered_until is None:
             return None
+        queue_at = self.outbox_resolution
+        if queue_at is not None and not self.outbox_accepting():
+            self.stats.outbox_overflow += sum(
+                1
+                for keys in (batch.counter_deltas, batch.gauge_candidates)
+                for k in keys
+                if k[2] == queue_at
+            )
+            queue_at = None
         try:
-            result = self.store.commit(batch, self._pending_ids, self._covered_until)
+            result = self.store.commit(
+                batch, self._pending_ids, self._covered_until, outbox_resolution=queue_at
+            )
         except StoreError:
             self.aggregator.requeue(batch)
             raise
@@ -329,7 +349,28 @@ def open_pipeline(config: Config, available: Mapping[str, type[Plugin]] | None =
     plugins = enabled_plugins(config, discover() if available is None else available)
     store = Store(config.store.path, synchronous=config.store.synchronous.upper())
     try:
-        return Pipeline(config, plugins, store)
+        pipeline = Pipeline(config, plugins, store)
     except BaseException:
         store.close()
         raise
+    if config.influxdb.enabled:
+        pipeline.outbox_resolution = config.resolutions()[0]
+    return pipeline
+
+
+def influx_sink_for(pipeline: Pipeline) -> InfluxSink | None:
+    """The InfluxDB sender over the pipeline's store, hooked to its flushes; None when off."""
+    config = pipeline.config
+    if not config.influxdb.enabled:
+        return None
+    from statscache_exporter.influx import InfluxSink
+
+    sink = InfluxSink(
+        config.influxdb,
+        str(config.store.path),
+        config.resolutions()[0],
+        config.prometheus.prefix,
+    )
+    pipeline.listeners.append(sink.notify)
+    pipeline.outbox_accepting = sink.accepting
+    return sink

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from statscache_exporter.influx import InfluxSink
 from statscache_exporter.pipeline import Pipeline
 
 
@@ -36,8 +37,10 @@ class SelfMetrics:
         prefix: str,
         series_count: Callable[[], dict[str, int]],
         clock: Callable[[], float] = time.time,
+        influx: InfluxSink | None = None,
     ) -> None:
         self.pipeline = pipeline
+        self.influx = influx
         self.name = prefix + "exporter_"
         self.series_count = series_count
         self.clock = clock
@@ -145,3 +148,36 @@ class SelfMetrics:
             [],
             [((), store_size(self.pipeline.store.path))],
         )
+        if self.influx is not None:
+            yield from self._influx(self.influx)
+
+    def _influx(self, sink: InfluxSink) -> Iterator[Metric]:
+        s = sink.stats
+        counters = [
+            ("influxdb_points_written", "Points InfluxDB acknowledged", s.points_written),
+            (
+                "influxdb_batches_failed",
+                "Batches InfluxDB did not take (retried)",
+                s.batches_failed,
+            ),
+            ("influxdb_points_refused", "Points InfluxDB refused for their data", s.points_refused),
+            (
+                "influxdb_outbox_overflow",
+                "Bucket changes not queued for InfluxDB because the outbox was full",
+                self.pipeline.stats.outbox_overflow,
+            ),
+        ]
+        for name, help, value in counters:
+            yield self._family("counter", name, help, [], [((), value)])
+        gauges: list[tuple[str, str, float]] = [
+            ("influxdb_pending_points", "Buckets queued for InfluxDB", s.pending),
+            ("influxdb_failed_points", "Queued buckets InfluxDB refused, set aside", s.failed_rows),
+            ("influxdb_up", "1 if the last write to InfluxDB went through", float(s.connected)),
+        ]
+        if s.oldest_pending is not None:
+            age = max(0.0, self.clock() - s.oldest_pending)
+            gauges.append(
+                ("influxdb_oldest_pending_age_seconds", "Age of the oldest queued bucket", age)
+            )
+        for name, help, level in gauges:
+            yield self._family("gauge", name, help, [], [((), level)])

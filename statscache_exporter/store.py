@@ -12,6 +12,8 @@ Tables:
   (ts, msg_id) of the message that set it, so a late older message never overwrites it.
 - ``totals``: series → cumulative count (counters) or current value (gauges).
 - ``seen``: ids of processed messages, kept for the dedup window (by the time they were stored).
+- ``outbox``: base-resolution buckets changed since InfluxDB last acknowledged them (only when
+  the InfluxDB sink is on); queued in the flush that changes the bucket, removed by the sender.
 - ``meta``: schema version and the checkpoint ``covered_until``.
 """
 
@@ -31,7 +33,7 @@ from urllib.parse import quote
 from statscache_exporter.aggregate import Batch, GaugeValue, Series, SeriesKey
 from statscache_exporter.plugin import Metric
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -62,6 +64,15 @@ CREATE TABLE IF NOT EXISTS totals (
 );
 CREATE TABLE IF NOT EXISTS seen (msg_id TEXT PRIMARY KEY, stored_at REAL NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS seen_by_time ON seen (stored_at);
+CREATE TABLE IF NOT EXISTS outbox (
+    series INTEGER NOT NULL,
+    start INTEGER NOT NULL,
+    version INTEGER NOT NULL DEFAULT 1,
+    failed INTEGER NOT NULL DEFAULT 0,
+    since REAL NOT NULL,
+    PRIMARY KEY (series, start)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (failed, start);
 """
 
 _ADD_COUNT = """
@@ -75,6 +86,12 @@ SET value = excluded.value, ts = excluded.ts, msg_id = excluded.msg_id
 WHERE (excluded.ts, excluded.msg_id) > (buckets.ts, buckets.msg_id)
 """
 _SET_TOTAL = "INSERT OR REPLACE INTO totals (series, value, ts, msg_id) VALUES (?, ?, ?, ?)"
+# A bucket changed: (re)queue it for InfluxDB. The version tells the sender whether the row it
+# sent is still the latest; a change while it was in flight keeps the row queued.
+_QUEUE = """
+INSERT INTO outbox (series, start, since) VALUES (?, ?, ?)
+ON CONFLICT (series, start) DO UPDATE SET version = version + 1, failed = 0
+"""
 
 
 class StoreError(Exception):
@@ -199,7 +216,11 @@ class Store:
     # --- writing -----------------------------------------------------------------------
 
     def commit(
-        self, batch: Batch, message_ids: Iterable[str], covered_until: datetime | None = None
+        self,
+        batch: Batch,
+        message_ids: Iterable[str],
+        covered_until: datetime | None = None,
+        outbox_resolution: int | None = None,
     ) -> FlushResult:
         """Write one flush in one transaction; on any error nothing of it is written."""
         ids = list(message_ids)
@@ -233,6 +254,8 @@ class Store:
                         for key, t in batch.totals.items()
                     ),
                 )
+                if outbox_resolution is not None:
+                    self._queue(db, batch, outbox_resolution, now)
                 if covered_until is not None:
                     self._advance_checkpoint(db, covered_until)
         except sqlite3.Error as exc:
@@ -257,6 +280,16 @@ class Store:
             ).fetchone()
             self._series_ids[key] = int(row[0])
 
+    def _queue(self, db: sqlite3.Connection, batch: Batch, resolution: int, now: float) -> None:
+        sid = self._series_ids
+        touched = {
+            (sid[(m, lv)], start)
+            for bucket_keys in (batch.counter_deltas, batch.gauge_candidates)
+            for (m, lv, res, start) in bucket_keys
+            if res == resolution
+        }
+        db.executemany(_QUEUE, ((series, start, now) for series, start in touched))
+
     @staticmethod
     def _advance_checkpoint(db: sqlite3.Connection, covered_until: datetime) -> None:
         db.execute(
@@ -275,12 +308,20 @@ class Store:
         with self._transaction() as db:
             for res, keep in retention.items():
                 if keep is not None:
+                    # a bucket InfluxDB has not acknowledged yet stays until it has
                     cur = db.execute(
-                        "DELETE FROM buckets WHERE resolution = ? AND start < ?",
+                        "DELETE FROM buckets WHERE resolution = ? AND start < ? AND NOT EXISTS "
+                        "(SELECT 1 FROM outbox o WHERE o.series = buckets.series "
+                        "AND o.start = buckets.start AND o.failed = 0)",
                         (res, int(reference - keep)),
                     )
                     deleted += cur.rowcount
             db.execute("DELETE FROM seen WHERE stored_at < ?", (time.time() - dedup_window,))
+            # rows InfluxDB refused, whose bucket retention has now removed
+            db.execute(
+                "DELETE FROM outbox WHERE failed = 1 AND NOT EXISTS (SELECT 1 FROM buckets b "
+                "WHERE b.series = outbox.series AND b.start = outbox.start)"
+            )
         return deleted
 
     # --- inspection --------------------------------------------------------------------
@@ -390,3 +431,67 @@ class Reader:
                 [*params, limit, offset],
             ).fetchall()
         return [(start, name, json.loads(labels), value) for start, name, labels, value in found]
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A queued bucket as the InfluxDB sender reads it: the full value as of now."""
+
+    series: int
+    start: int
+    version: int
+    metric: str
+    labels: str  # JSON
+    kind: str
+    value: float
+
+
+class Outbox:
+    """The InfluxDB sender's side of the outbox, on its own connection (its own thread)."""
+
+    def __init__(self, path: str | Path, resolution: int) -> None:
+        self.path = Path(path)
+        self.resolution = resolution
+        self.db = sqlite3.connect(str(self.path), isolation_level=None, timeout=30)
+        self.db.execute("PRAGMA journal_mode=WAL")
+
+    def close(self) -> None:
+        self.db.close()
+
+    def next_batch(self, limit: int) -> list[Pending]:
+        """The oldest queued buckets, with their current values."""
+        rows = self.db.execute(
+            "SELECT o.series, o.start, o.version, s.metric, s.labels, s.kind, b.value "
+            "FROM outbox o JOIN series s ON s.id = o.series "
+            "JOIN buckets b ON b.series = o.series AND b.resolution = ? AND b.start = o.start "
+            "WHERE o.failed = 0 ORDER BY o.start, o.series LIMIT ?",
+            (self.resolution, limit),
+        )
+        return [Pending(*row) for row in rows]
+
+    def acknowledge(self, sent: Iterable[Pending]) -> None:
+        """InfluxDB has these: unqueue them, unless a flush changed them since they were read."""
+        self._apply("DELETE FROM outbox WHERE series = ? AND start = ? AND version = ?", sent)
+
+    def mark_failed(self, refused: Iterable[Pending]) -> None:
+        """InfluxDB refused these for their data: keep them aside (a later change requeues)."""
+        self._apply(
+            "UPDATE outbox SET failed = 1 WHERE series = ? AND start = ? AND version = ?", refused
+        )
+
+    def _apply(self, sql: str, rows: Iterable[Pending]) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.executemany(sql, ((p.series, p.start, p.version) for p in rows))
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def state(self) -> tuple[int, int, float | None]:
+        """(pending rows, failed rows, when the oldest pending row was queued)."""
+        pending, oldest = self.db.execute(
+            "SELECT count(*), min(since) FROM outbox WHERE failed = 0"
+        ).fetchone()
+        failed = self.db.execute("SELECT count(*) FROM outbox WHERE failed = 1").fetchone()[0]
+        return int(pending), int(failed), oldest

@@ -212,7 +212,12 @@ def test_config_yaml_comment_lists_every_choice(
 
 def test_literal_fields_found() -> None:
     keys = {(s, k) for s, k, _ in literal_fields(Config)}
-    assert keys == {("store", "synchronous"), ("logging", "level"), ("logging", "format")}
+    assert keys == {
+        ("store", "synchronous"),
+        ("influxdb", "mode"),
+        ("logging", "level"),
+        ("logging", "format"),
+    }
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -313,7 +318,7 @@ def test_unknown_top_level_key_lists_valid_keys() -> None:
     message = config_error({"stroe": {}})
     assert message == (
         "stroe: unknown key; valid keys: store, aggregation, messages, sources, plugins, http, "
-        "prometheus, logging"
+        "prometheus, influxdb, logging"
     )
 
 

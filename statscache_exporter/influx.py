@@ -1,0 +1,400 @@
+"""The InfluxDB sink: every base-resolution bucket written as a point, nothing lost when
+InfluxDB is away.
+
+Schema: one measurement per plugin metric (``<prefix><metric>``, like the Prometheus names),
+the labels and the configured global tags as tags, the bucket start as the time (precision:
+seconds). A counter bucket carries its full count as the integer field ``count``, a gauge its
+value as the float field ``value``. InfluxDB overwrites a point with the same series and time,
+so a bucket that changes is simply written again with its new full value, and a batch sent
+twice is harmless.
+
+Delivery: the flush that changes a bucket also queues it in the store's outbox, in the same
+transaction. This sender, a thread with its own SQLite connection, reads the oldest queued
+buckets with their current values, writes them, and unqueues each only if it has not changed
+since it was read. Connection errors, 5xx and 429 are retried with exponential backoff and
+jitter (``Retry-After`` honoured); a 400 is bisected down to the lines InfluxDB refuses, which
+are logged and set aside, so they never block the rest. Message processing never waits for it.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, cast
+
+import requests
+from influxdb_client.client.write.point import Point
+from influxdb_client.domain.write_precision import WritePrecision
+
+from statscache_exporter.config import InfluxConfig
+from statscache_exporter.store import Outbox, Pending
+
+log = logging.getLogger(__name__)
+
+
+# --- lines -------------------------------------------------------------------------------------
+
+
+class LineBuilder:
+    """Line protocol for queued buckets. influxdb-client's ``Point`` escapes the measurement and
+    tags; it builds each series' key once (about 12 µs), then each point is its key, field and
+    time."""
+
+    def __init__(self, prefix: str, tags: Mapping[str, str]) -> None:
+        self.prefix = prefix
+        self.tags = dict(tags)
+        self._keys: dict[int, str] = {}
+
+    def line(self, p: Pending) -> str:
+        key = self._keys.get(p.series)
+        if key is None:
+            key = self._keys[p.series] = self._series_key(p)
+        if p.kind == "counter":
+            return f"{key} count={int(p.value)}i {p.start}"
+        return f"{key} value={float(p.value)!r} {p.start}"
+
+    def _series_key(self, p: Pending) -> str:
+        point = Point(self.prefix + p.metric)
+        for name, value in {**self.tags, **json.loads(p.labels)}.items():
+            point.tag(name, value)
+        # "<measurement>[,tags] <field> <time>": the key is all before the last two spaces
+        # (escaped spaces inside it are preceded by a backslash, the last two are not).
+        line = str(point.field("count", 0).time(0, WritePrecision.S).to_line_protocol())
+        return line.rsplit(" ", 2)[0]
+
+
+# --- writers -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """How a write went: ok, refused for its data (``bad_data``), or to retry."""
+
+    ok: bool
+    status: int | None = None
+    bad_data: bool = False
+    retry_after: float | None = None
+    error: str = ""
+
+
+class Writer(Protocol):
+    def write(self, lines: Sequence[str]) -> WriteResult: ...
+
+    def close(self) -> None: ...
+
+
+def _classify(status: int, body: str, headers: Mapping[str, str]) -> WriteResult:
+    if 200 <= status < 300:
+        return WriteResult(True, status)
+    retry_after = _retry_after(headers.get("Retry-After"))
+    # 400: a line InfluxDB cannot take (parse error, field type conflict); 413: too big.
+    bad = status in (400, 413, 422)
+    return WriteResult(False, status, bad, retry_after, body[:500])
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, when.timestamp() - time.time()) if when else None
+
+
+class V1Writer:
+    """POST line protocol to ``/write`` (InfluxDB 1.x, and the v1 endpoints of 2.x/3.x)."""
+
+    def __init__(self, config: InfluxConfig) -> None:
+        self.config = config
+        self.session = requests.Session()
+        self.url = config.url.rstrip("/") + "/write"
+        self.params = {"db": config.database, "precision": "s"}
+        if config.retention_policy:
+            self.params["rp"] = config.retention_policy
+        if config.username:
+            self.params.update(u=config.username, p=config.password)
+        self._database_checked = not config.create_database
+
+    def write(self, lines: Sequence[str]) -> WriteResult:
+        if not self._database_checked:
+            self._create_database()
+        try:
+            response = self.session.post(
+                self.url,
+                params=self.params,
+                data="\n".join(lines).encode("utf-8"),
+                timeout=self.config.timeout.total_seconds(),
+            )
+        except requests.RequestException as exc:
+            return WriteResult(False, error=f"{type(exc).__name__}: {exc}")
+        return _classify(response.status_code, response.text, response.headers)
+
+    def _create_database(self) -> None:
+        """``CREATE DATABASE`` is idempotent in InfluxDB 1.x; failure is retried next write."""
+        query = f'CREATE DATABASE "{self.config.database}"'
+        params = {"q": query}
+        if self.config.username:
+            params.update(u=self.config.username, p=self.config.password)
+        try:
+            response = self.session.post(
+                self.config.url.rstrip("/") + "/query",
+                params=params,
+                timeout=self.config.timeout.total_seconds(),
+            )
+            self._database_checked = response.ok
+            if not response.ok:
+                log.warning("InfluxDB refused %s: %s", query, response.text[:300])
+        except requests.RequestException as exc:
+            log.warning("cannot create the InfluxDB database yet: %s", exc)
+
+    def close(self) -> None:
+        self.session.close()
+
+
+class V2Writer:
+    """influxdb-client's synchronous write API (InfluxDB 1.8+, 2.x, 3.x): ``/api/v2/write``."""
+
+    def __init__(self, config: InfluxConfig) -> None:
+        from influxdb_client.client.influxdb_client import InfluxDBClient
+        from influxdb_client.client.write_api import SYNCHRONOUS
+
+        self.config = config
+        self.client = InfluxDBClient(
+            url=config.url,
+            token=config.token,
+            org=config.org,
+            timeout=int(config.timeout.total_seconds() * 1000),
+        )
+        self.api = self.client.write_api(write_options=SYNCHRONOUS)
+
+    def write(self, lines: Sequence[str]) -> WriteResult:
+        from influxdb_client.rest import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            self.api.write(
+                bucket=self.config.bucket,
+                org=self.config.org,
+                record="\n".join(lines),
+                write_precision=cast(WritePrecision, WritePrecision.S),
+            )
+        except ApiException as exc:
+            headers = dict(exc.headers or {})
+            return _classify(int(exc.status or 0), str(exc.body or exc.reason), headers)
+        except (HTTPError, OSError) as exc:
+            return WriteResult(False, error=f"{type(exc).__name__}: {exc}")
+        return WriteResult(True, 204)
+
+    def close(self) -> None:
+        self.api.close()
+        self.client.close()
+
+
+def make_writer(config: InfluxConfig) -> Writer:
+    return V1Writer(config) if config.mode == "v1" else V2Writer(config)
+
+
+# --- the sender --------------------------------------------------------------------------------
+
+
+@dataclass
+class SinkStats:
+    """The sink's own counts (self-metrics)."""
+
+    points_written: int = 0
+    batches_written: int = 0
+    batches_failed: int = 0
+    points_refused: int = 0
+    pending: int = 0
+    failed_rows: int = 0
+    oldest_pending: float | None = None
+    last_error: str = ""
+    connected: bool = False
+    state_checked: float = field(default=0.0)
+
+
+class InfluxSink:
+    """Sends the outbox to InfluxDB from its own thread until stopped."""
+
+    def __init__(
+        self,
+        config: InfluxConfig,
+        store_path: str,
+        resolution: int,
+        prefix: str,
+        writer: Writer | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.store_path = store_path
+        self.resolution = resolution
+        self.lines = LineBuilder(prefix, config.tags)
+        self.writer = writer if writer is not None else make_writer(config)
+        self.clock = clock
+        self.stats = SinkStats()
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._backoff = 0.0
+        self._next_wait = 0.0
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="influxdb", daemon=True)
+        self._thread.start()
+
+    def notify(self, *_: object) -> None:
+        """A flush queued something (a pipeline listener)."""
+        self.wake.set()
+
+    def stop(self) -> None:
+        """Try to send what is queued within ``shutdown_timeout``, then stop."""
+        self.stopping.set()
+        self.wake.set()
+        if self._thread is not None:
+            self._thread.join(self.config.shutdown_timeout.total_seconds() + 5)
+        self.writer.close()
+
+    def _run(self) -> None:
+        outbox = Outbox(self.store_path, self.resolution)
+        try:
+            self._loop(outbox)
+        except Exception:
+            log.exception("the InfluxDB sender stopped on an unexpected error")
+        finally:
+            outbox.close()
+
+    def _loop(self, outbox: Outbox) -> None:
+        deadline: float | None = None
+        while True:
+            if self.stopping.is_set() and deadline is None:
+                deadline = time.monotonic() + self.config.shutdown_timeout.total_seconds()
+            sent = self.send_batch(outbox)
+            self._refresh_state(outbox)
+            if deadline is not None and (sent == 0 or time.monotonic() >= deadline):
+                if self.stats.pending:
+                    log.warning(
+                        "stopping with %d points not yet in InfluxDB; they stay queued in the "
+                        "store and go out at the next start",
+                        self.stats.pending,
+                    )
+                return
+            if sent > 0:
+                continue  # more may be queued: go on at once
+            wait = self._next_wait if sent < 0 else 1.0
+            if deadline is not None:
+                wait = min(wait, max(0.0, deadline - time.monotonic()))
+            self.wake.wait(wait)
+            self.wake.clear()
+
+    # --- one batch -----------------------------------------------------------------------
+
+    def send_batch(self, outbox: Outbox) -> int:
+        """Send the oldest queued buckets: their number, 0 if none, -1 if InfluxDB is away."""
+        batch = outbox.next_batch(self.config.batch_size)
+        if not batch:
+            return 0
+        result = self._write(batch)
+        if result.ok:
+            outbox.acknowledge(batch)
+            self._recovered()
+            return len(batch)
+        if result.bad_data:
+            good, refused = self._bisect(batch)
+            outbox.acknowledge(good)
+            outbox.mark_failed(refused)
+            self._recovered()
+            return len(batch)
+        self._failed(result)
+        return -1
+
+    def _write(self, batch: Sequence[Pending]) -> WriteResult:
+        result = self.writer.write([self.lines.line(p) for p in batch])
+        if result.ok:
+            self.stats.points_written += len(batch)
+            self.stats.batches_written += 1
+        return result
+
+    def _bisect(self, batch: Sequence[Pending]) -> tuple[list[Pending], list[Pending]]:
+        """Split a refused batch until each refused line stands alone: (written, refused).
+        A point written twice on the way is harmless: it overwrites itself."""
+        if len(batch) == 1:
+            result = self._write(batch)
+            if result.ok:
+                return list(batch), []
+            if result.bad_data:
+                self.stats.points_refused += 1
+                log.error(
+                    "InfluxDB refused a point, set aside (it is still in the store): %s -- %s",
+                    self.lines.line(batch[0]),
+                    result.error,
+                )
+                return [], list(batch)
+            return [], []  # InfluxDB went away meanwhile: leave it queued
+        half = len(batch) // 2
+        good_a, bad_a = self._bisect_half(batch[:half])
+        good_b, bad_b = self._bisect_half(batch[half:])
+        return good_a + good_b, bad_a + bad_b
+
+    def _bisect_half(self, half: Sequence[Pending]) -> tuple[list[Pending], list[Pending]]:
+        result = self._write(half)
+        if result.ok:
+            return list(half), []
+        if result.bad_data:
+            return self._bisect(half)
+        return [], []
+
+    def _recovered(self) -> None:
+        if not self.stats.connected and self.stats.batches_failed:
+            log.info("InfluxDB takes writes again")
+        self.stats.connected = True
+        self._backoff = 0.0
+
+    def _failed(self, result: WriteResult) -> None:
+        self.stats.batches_failed += 1
+        self.stats.connected = False
+        self.stats.last_error = result.error or f"HTTP {result.status}"
+        initial = self.config.retry_initial.total_seconds()
+        ceiling = self.config.retry_max.total_seconds()
+        self._backoff = min(ceiling, max(initial, self._backoff * 2))
+        wait = random.uniform(self._backoff / 2, self._backoff)  # jitter
+        if result.retry_after is not None:
+            wait = max(wait, min(result.retry_after, ceiling))
+        self._next_wait = wait
+        log.warning(
+            "InfluxDB write failed (%s); %d points stay queued, retrying in %.1f s",
+            self.stats.last_error[:200],
+            self.stats.pending,
+            wait,
+        )
+
+    def accepting(self) -> bool:
+        """Whether flushes should still queue changes (the outbox is under its limit)."""
+        return self.stats.pending <= self.config.max_pending
+
+    def _refresh_state(self, outbox: Outbox) -> None:
+        now = self.clock()
+        if now - self.stats.state_checked < 1.0 and not self.stopping.is_set():
+            return
+        self.stats.state_checked = now
+        pending, failed, oldest = outbox.state()
+        self.stats.pending, self.stats.failed_rows, self.stats.oldest_pending = (
+            pending,
+            failed,
+            oldest,
+        )
+        if pending > self.config.max_pending:
+            log.warning(
+                "the InfluxDB outbox holds %d points, more than influxdb.max_pending (%d): new "
+                "changes are no longer queued until it drains",
+                pending,
+                self.config.max_pending,
+            )
