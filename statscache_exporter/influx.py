@@ -104,8 +104,12 @@ def _retry_after(value: str | None) -> float | None:
     try:
         return max(0.0, float(value))
     except ValueError:
+        pass
+    try:  # an HTTP date
         when = email.utils.parsedate_to_datetime(value)
-        return max(0.0, when.timestamp() - time.time()) if when else None
+    except (TypeError, ValueError, IndexError):
+        return None  # unreadable: the backoff alone decides
+    return max(0.0, when.timestamp() - time.time())
 
 
 class V1Writer:
@@ -264,13 +268,19 @@ class InfluxSink:
         self.writer.close()
 
     def _run(self) -> None:
-        outbox = Outbox(self.store_path, self.resolution)
-        try:
-            self._loop(outbox)
-        except Exception:
-            log.exception("the InfluxDB sender stopped on an unexpected error")
-        finally:
-            outbox.close()
+        """Send until stopped; an unexpected error (a locked store, a bug) is logged and the
+        sender starts over after a pause, since everything it had not finished is still queued."""
+        while True:
+            outbox = Outbox(self.store_path, self.resolution)
+            try:
+                self._loop(outbox)
+                return
+            except Exception:
+                log.exception("the InfluxDB sender failed; starting over in 5 s")
+            finally:
+                outbox.close()
+            if self.stopping.wait(5.0):
+                return
 
     def _loop(self, outbox: Outbox) -> None:
         deadline: float | None = None
@@ -313,7 +323,7 @@ class InfluxSink:
             outbox.mark_failed(refused)
             self._recovered()
             return len(batch)
-        self._failed(result)
+        self._failed(result, len(batch))
         return -1
 
     def _write(self, batch: Sequence[Pending]) -> WriteResult:
@@ -358,7 +368,7 @@ class InfluxSink:
         self.stats.connected = True
         self._backoff = 0.0
 
-    def _failed(self, result: WriteResult) -> None:
+    def _failed(self, result: WriteResult, batch_size: int) -> None:
         self.stats.batches_failed += 1
         self.stats.connected = False
         self.stats.last_error = result.error or f"HTTP {result.status}"
@@ -370,9 +380,9 @@ class InfluxSink:
             wait = max(wait, min(result.retry_after, ceiling))
         self._next_wait = wait
         log.warning(
-            "InfluxDB write failed (%s); %d points stay queued, retrying in %.1f s",
+            "InfluxDB write failed (%s); its %d points stay queued, retrying in %.1f s",
             self.stats.last_error[:200],
-            self.stats.pending,
+            batch_size,
             wait,
         )
 
