@@ -17,7 +17,11 @@
                                                                              ▼
                                                                      store.py (SQLite, WAL)
                                                        ONE transaction: message ids, buckets,
-                                                       totals, checkpoint covered_until
+                                                       totals, checkpoint covered_until, outbox
+                                                                             │ committed batch
+                                                                             ▼
+                                                  listeners: exposition.py (/metrics),
+                                                  influx.py (sends the outbox, own thread)
 
 The pipeline is single-threaded: the daemon (or ``replay``) calls :meth:`Pipeline.handle` and
 :meth:`Pipeline.flush` from one thread; sources run in their own threads and hand messages over
