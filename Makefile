@@ -40,10 +40,13 @@ system-deps:
 	  $(APT) update -q && $(APT) install -y -q python3 python3-venv python3-dev gcc; }
 
 # The servers the integration tests start on loopback, installed only when missing:
-# prometheus (and promtool), without its recommended node exporter.
+# prometheus (and promtool), without its recommended node exporter; influxdb (influxd 1.x).
 test-deps:
-	@{ command -v prometheus && command -v promtool; } >/dev/null || { \
-	  $(APT) update -q && $(APT) install -y -q --no-install-recommends prometheus; }
+	@pkgs=; \
+	{ command -v prometheus && command -v promtool; } >/dev/null || pkgs="$$pkgs prometheus"; \
+	command -v influxd >/dev/null || pkgs="$$pkgs influxdb"; \
+	[ -z "$$pkgs" ] || { \
+	  $(APT) update -q && $(APT) install -y -q --no-install-recommends $$pkgs; }
 
 $(STAMP): pyproject.toml | system-deps
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

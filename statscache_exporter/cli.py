@@ -122,6 +122,7 @@ def _replay(config: Config, args: argparse.Namespace) -> int:
                 "points_written": sink.stats.points_written,
                 "points_refused": sink.stats.points_refused,
                 "pending": sink.stats.pending,
+                "late_unsent": pipeline.stats.outbox_late,
             }
     finally:
         pipeline.store.close()

@@ -31,6 +31,7 @@ from typing import Protocol, cast
 import requests
 from influxdb_client.client.write.point import Point
 from influxdb_client.domain.write_precision import WritePrecision
+from requests.structures import CaseInsensitiveDict
 
 from statscache_exporter.config import InfluxConfig
 from statscache_exporter.store import Outbox, Pending
@@ -41,6 +42,14 @@ log = logging.getLogger(__name__)
 # --- lines -------------------------------------------------------------------------------------
 
 
+def representable(tag_value: str) -> bool:
+    """Whether InfluxDB 1.x line protocol carries this tag value faithfully. It has no escape
+    for newline, carriage return or tab (Point writes them as two characters, which InfluxDB
+    stores as such), and a trailing backslash escapes the separator that follows it: such a
+    point would land in another series, so it is refused instead."""
+    return not (any(c in tag_value for c in "\n\r\t") or tag_value.endswith("\\"))
+
+
 class LineBuilder:
     """Line protocol for queued buckets. influxdb-client's ``Point`` escapes the measurement and
     tags; it builds each series' key once (about 12 µs), then each point is its key, field and
@@ -49,19 +58,25 @@ class LineBuilder:
     def __init__(self, prefix: str, tags: Mapping[str, str]) -> None:
         self.prefix = prefix
         self.tags = dict(tags)
-        self._keys: dict[int, str] = {}
+        self._keys: dict[int, str | None] = {}
 
-    def line(self, p: Pending) -> str:
-        key = self._keys.get(p.series)
-        if key is None:
+    def line(self, p: Pending) -> str | None:
+        """The point's line, or None if its series cannot be written faithfully."""
+        key = self._keys.get(p.series, "")
+        if key == "":
             key = self._keys[p.series] = self._series_key(p)
+        if key is None:
+            return None
         if p.kind == "counter":
             return f"{key} count={int(p.value)}i {p.start}"
         return f"{key} value={float(p.value)!r} {p.start}"
 
-    def _series_key(self, p: Pending) -> str:
+    def _series_key(self, p: Pending) -> str | None:
+        tags = {**self.tags, **json.loads(p.labels)}
+        if any(not representable(value) for value in tags.values()):
+            return None
         point = Point(self.prefix + p.metric)
-        for name, value in {**self.tags, **json.loads(p.labels)}.items():
+        for name, value in tags.items():
             point.tag(name, value)
         # "<measurement>[,tags] <field> <time>": the key is all before the last two spaces
         # (escaped spaces inside it are preceded by a backslash, the last two are not).
@@ -190,7 +205,7 @@ class V2Writer:
                 write_precision=cast(WritePrecision, WritePrecision.S),
             )
         except ApiException as exc:
-            headers = dict(exc.headers or {})
+            headers = CaseInsensitiveDict(dict(exc.headers or {}))  # Retry-After, any case
             return _classify(int(exc.status or 0), str(exc.body or exc.reason), headers)
         except (HTTPError, OSError) as exc:
             return WriteResult(False, error=f"{type(exc).__name__}: {exc}")
@@ -248,6 +263,7 @@ class InfluxSink:
         self._thread: threading.Thread | None = None
         self._backoff = 0.0
         self._next_wait = 0.0
+        self._flushed = True  # the outbox may have changed since the state was last read
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -257,6 +273,7 @@ class InfluxSink:
 
     def notify(self, *_: object) -> None:
         """A flush queued something (a pipeline listener)."""
+        self._flushed = True
         self.wake.set()
 
     def stop(self) -> None:
@@ -309,9 +326,15 @@ class InfluxSink:
 
     def send_batch(self, outbox: Outbox) -> int:
         """Send the oldest queued buckets: their number, 0 if none, -1 if InfluxDB is away."""
-        batch = outbox.next_batch(self.config.batch_size)
-        if not batch:
+        self._refresh_state(outbox)  # before a write that may hang, so the gauge is current
+        queued = outbox.next_batch(self.config.batch_size)
+        if not queued:
             return 0
+        batch = [p for p in queued if self.lines.line(p) is not None]
+        if len(batch) < len(queued):
+            self._refuse([p for p in queued if self.lines.line(p) is None], outbox)
+            if not batch:
+                return len(queued)
         result = self._write(batch)
         if result.ok:
             outbox.acknowledge(batch)
@@ -322,33 +345,39 @@ class InfluxSink:
             outbox.acknowledge(good)
             outbox.mark_failed(refused)
             self._recovered()
-            return len(batch)
+            return len(queued)
         self._failed(result, len(batch))
         return -1
 
+    def _refuse(self, unwritable: Sequence[Pending], outbox: Outbox) -> None:
+        self.stats.points_refused += len(unwritable)
+        log.error(
+            "%d points have a tag value InfluxDB line protocol cannot carry (newline, carriage "
+            "return, tab or a trailing backslash), set aside; e.g. %s %s",
+            len(unwritable),
+            unwritable[0].metric,
+            unwritable[0].labels[:200],
+        )
+        outbox.mark_failed(unwritable)
+
     def _write(self, batch: Sequence[Pending]) -> WriteResult:
-        result = self.writer.write([self.lines.line(p) for p in batch])
+        lines = [self.lines.line(p) for p in batch]
+        result = self.writer.write([line for line in lines if line is not None])
         if result.ok:
             self.stats.points_written += len(batch)
             self.stats.batches_written += 1
         return result
 
     def _bisect(self, batch: Sequence[Pending]) -> tuple[list[Pending], list[Pending]]:
-        """Split a refused batch until each refused line stands alone: (written, refused).
-        A point written twice on the way is harmless: it overwrites itself."""
+        """Split a batch InfluxDB refused until each refused line stands alone: (written,
+        refused). A good point written twice on the way is harmless: it overwrites itself."""
         if len(batch) == 1:
-            result = self._write(batch)
-            if result.ok:
-                return list(batch), []
-            if result.bad_data:
-                self.stats.points_refused += 1
-                log.error(
-                    "InfluxDB refused a point, set aside (it is still in the store): %s -- %s",
-                    self.lines.line(batch[0]),
-                    result.error,
-                )
-                return [], list(batch)
-            return [], []  # InfluxDB went away meanwhile: leave it queued
+            self.stats.points_refused += 1
+            log.error(
+                "InfluxDB refused a point, set aside (it is still in the store): %s",
+                self.lines.line(batch[0]),
+            )
+            return [], list(batch)
         half = len(batch) // 2
         good_a, bad_a = self._bisect_half(batch[:half])
         good_b, bad_b = self._bisect_half(batch[half:])
@@ -391,9 +420,13 @@ class InfluxSink:
         return self.stats.pending <= self.config.max_pending
 
     def _refresh_state(self, outbox: Outbox) -> None:
+        """Re-read the outbox's size after a flush changed it, or once a second (a count over a
+        big outbox is not free: not before every batch of a long drain)."""
         now = self.clock()
-        if now - self.stats.state_checked < 1.0 and not self.stopping.is_set():
+        fresh = now - self.stats.state_checked < 1.0
+        if fresh and not self._flushed and not self.stopping.is_set():
             return
+        self._flushed = False
         self.stats.state_checked = now
         pending, failed, oldest = outbox.state()
         self.stats.pending, self.stats.failed_rows, self.stats.oldest_pending = (

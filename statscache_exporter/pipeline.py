@@ -66,6 +66,9 @@ class Stats:
     series_overflow: Counter[tuple[str, str]] = field(default_factory=Counter)
     #: base-resolution bucket changes not queued for InfluxDB because its outbox was full
     outbox_overflow: int = 0
+    #: late messages for a second whose base bucket retention had pruned: not sent to InfluxDB,
+    #: which keeps the earlier full count
+    outbox_late: int = 0
     #: per source: connected (or, for a replay, still reading) or not
     source_connected: dict[str, bool] = field(default_factory=dict)
     flushes: int = 0
@@ -292,6 +295,14 @@ class Pipeline:
             raise
         self._pending_ids = set()
         self._covered_until = None
+        if result.late_unqueued:
+            self.stats.outbox_late += result.late_unqueued
+            log.warning(
+                "%d bucket changes are older than the 1 s retention line and were not sent to "
+                "InfluxDB (it keeps the earlier full count); raise store.retention to import "
+                "history older than that",
+                result.late_unqueued,
+            )
         self.stats.flushes += 1
         self.stats.last_flush_seconds = time.monotonic() - started
         self.stats.last_flush_at = self.clock()

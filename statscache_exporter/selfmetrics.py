@@ -166,6 +166,11 @@ class SelfMetrics:
                 "Bucket changes not queued for InfluxDB because the outbox was full",
                 self.pipeline.stats.outbox_overflow,
             ),
+            (
+                "influxdb_late_unsent",
+                "Late changes to seconds retention had pruned, not sent to InfluxDB",
+                self.pipeline.stats.outbox_late,
+            ),
         ]
         for name, help, value in counters:
             yield self._family("counter", name, help, [], [((), value)])

@@ -106,6 +106,8 @@ class FlushResult:
     buckets: int
     totals: int
     new_series: int
+    #: base buckets not queued for InfluxDB: recreated after retention pruned them (see _queue)
+    late_unqueued: int = 0
 
 
 def labels_json(series: Series) -> str:
@@ -129,6 +131,13 @@ class Store:
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
         self._series_ids: dict[SeriesKey, int] = {}
+        #: resolution → the bucket start before which retention has pruned
+        self._pruned_before = {
+            int(key.split(":")[1]): int(value)
+            for key, value in self.db.execute(
+                "SELECT key, value FROM meta WHERE key LIKE 'pruned_before:%'"
+            )
+        }
 
     def close(self) -> None:
         self.db.close()
@@ -226,9 +235,12 @@ class Store:
         ids = list(message_ids)
         now = time.time()
         new_keys = [key for key in batch.series if key not in self._series_ids]
+        late: set[tuple[int, int]] = set()
         try:
             with self._transaction() as db:
                 self._insert_series(db, [(key, batch.series[key]) for key in new_keys])
+                if outbox_resolution is not None:
+                    late = self._recreated(db, batch, outbox_resolution)
                 db.executemany("INSERT OR IGNORE INTO seen VALUES (?, ?)", ((i, now) for i in ids))
                 sid = self._series_ids
                 db.executemany(
@@ -255,7 +267,7 @@ class Store:
                     ),
                 )
                 if outbox_resolution is not None:
-                    self._queue(db, batch, outbox_resolution, now)
+                    self._queue(db, batch, outbox_resolution, now, late)
                 if covered_until is not None:
                     self._advance_checkpoint(db, covered_until)
         except sqlite3.Error as exc:
@@ -269,6 +281,7 @@ class Store:
             buckets=len(batch.counter_deltas) + len(batch.gauge_candidates),
             totals=len(batch.totals),
             new_series=len(new_keys),
+            late_unqueued=len(late),
         )
 
     def _insert_series(self, db: sqlite3.Connection, new: list[tuple[SeriesKey, Series]]) -> None:
@@ -280,14 +293,44 @@ class Store:
             ).fetchone()
             self._series_ids[key] = int(row[0])
 
-    def _queue(self, db: sqlite3.Connection, batch: Batch, resolution: int, now: float) -> None:
+    def _base_keys(self, batch: Batch, resolution: int) -> set[tuple[int, int]]:
         sid = self._series_ids
-        touched = {
+        return {
             (sid[(m, lv)], start)
             for bucket_keys in (batch.counter_deltas, batch.gauge_candidates)
             for (m, lv, res, start) in bucket_keys
             if res == resolution
         }
+
+    def _recreated(
+        self, db: sqlite3.Connection, batch: Batch, resolution: int
+    ) -> set[tuple[int, int]]:
+        """Base buckets this flush is about to create below the retention line. Retention may
+        have pruned them after InfluxDB had their full count: writing the new, partial count
+        would overwrite it. (Read before the flush writes its buckets.)"""
+        line = self._pruned_before.get(resolution)
+        if line is None:
+            return set()
+        return {
+            (series, start)
+            for series, start in self._base_keys(batch, resolution)
+            if start < line
+            and db.execute(
+                "SELECT 1 FROM buckets WHERE series = ? AND resolution = ? AND start = ?",
+                (series, resolution, start),
+            ).fetchone()
+            is None
+        }
+
+    def _queue(
+        self,
+        db: sqlite3.Connection,
+        batch: Batch,
+        resolution: int,
+        now: float,
+        skip: set[tuple[int, int]],
+    ) -> None:
+        touched = self._base_keys(batch, resolution) - skip
         db.executemany(_QUEUE, ((series, start, now) for series, start in touched))
 
     @staticmethod
@@ -308,6 +351,13 @@ class Store:
         with self._transaction() as db:
             for res, keep in retention.items():
                 if keep is not None:
+                    line = max(int(reference - keep), self._pruned_before.get(res, 0))
+                    db.execute(
+                        "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
+                        "SET value = excluded.value",
+                        (f"pruned_before:{res}", str(line)),
+                    )
+                    self._pruned_before[res] = line
                     # a bucket InfluxDB has not acknowledged yet stays until it has
                     cur = db.execute(
                         "DELETE FROM buckets WHERE resolution = ? AND start < ? AND NOT EXISTS "

@@ -1,6 +1,7 @@
-"""Real servers for integration tests: a private Prometheus, and `statscache-exporter run` as a
-process. Everything binds to 127.0.0.1 on free ports, keeps its data under the test's tmp_path,
-and is stopped at the end (terminate, then kill if it does not stop).
+"""Real servers for integration tests: a private Prometheus, a private InfluxDB 1.x, and
+`statscache-exporter run` as a process. Everything binds to 127.0.0.1 on free ports, keeps its
+data under the test's tmp_path, and is stopped at the end (terminate, then kill if it does not
+stop).
 
 A missing binary skips the test on a developer machine and fails it in CI (``CI=true``).
 """
@@ -8,6 +9,8 @@ A missing binary skips the test on a developer machine and fails it in CI (``CI=
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
 import shutil
@@ -15,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import termios
 import time
 import urllib.error
 import urllib.parse
@@ -40,6 +44,14 @@ _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 # --- small helpers -------------------------------------------------------------------------------
 
+#: The Debian package that provides each server binary (`make test-deps` installs them).
+_PACKAGES = {
+    "prometheus": "prometheus",
+    "promtool": "prometheus",
+    "influxd": "influxdb",
+    "influx": "influxdb-client",
+}
+
 
 def require_binary(name: str) -> str:
     """The path of an executable (``/usr/bin/<name>`` first, then PATH). Missing: the test
@@ -47,9 +59,10 @@ def require_binary(name: str) -> str:
     candidate = Path("/usr/bin") / name
     path = str(candidate) if os.access(candidate, os.X_OK) else shutil.which(name)
     if path is None:
+        package = _PACKAGES.get(name, name)
         reason = (
-            f"{name} not found in /usr/bin or on PATH: install it with `make system-deps` "
-            f"(the Debian package prometheus provides prometheus and promtool)"
+            f"{name} not found in /usr/bin or on PATH: install it with `make test-deps` "
+            f"(the Debian package {package} provides it)"
         )
         if os.environ.get("CI") == "true":
             pytest.fail(reason)
@@ -99,6 +112,18 @@ class Response:
 def http_get(url: str, headers: dict[str, str] | None = None, timeout: float = 10.0) -> Response:
     """GET without proxies and without raising on HTTP error statuses."""
     request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with _OPENER.open(request, timeout=timeout) as r:
+            return Response(r.status, {k.lower(): v for k, v in r.headers.items()}, r.read())
+    except urllib.error.HTTPError as exc:
+        return Response(exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read())
+
+
+def http_post(
+    url: str, data: bytes, headers: dict[str, str] | None = None, timeout: float = 30.0
+) -> Response:
+    """POST without proxies and without raising on HTTP error statuses."""
+    request = urllib.request.Request(url, data=data, headers=headers or {}, method="POST")
     try:
         with _OPENER.open(request, timeout=timeout) as r:
             return Response(r.status, {k.lower(): v for k, v in r.headers.items()}, r.read())
@@ -267,6 +292,153 @@ def prometheus_server(
         _stop(process)
 
 
+# --- InfluxDB 1.x --------------------------------------------------------------------------------
+
+#: InfluxQL answers: {"results": [{"statement_id": 0, "series": [...]}]}
+InfluxSeries = list[dict[str, Any]]
+
+
+@dataclass
+class InfluxDB:
+    """A private ``influxd`` (1.x), started by :func:`influxdb_server`. :meth:`stop` and
+    :meth:`start` stop it and start it again on the same data and port (outage tests)."""
+
+    binary: str
+    port: int
+    home: Path
+    log: Path
+    process: subprocess.Popen[bytes] | None = None
+    runs: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def config(self) -> Path:
+        return self.home / "influxdb.conf"
+
+    def start(self) -> None:
+        assert self.process is None, "already running"
+        self.runs += 1
+        # INFLUXDB_* variables would override the config file
+        env = {k: v for k, v in os.environ.items() if not k.startswith("INFLUXDB_")}
+        with self.log.open("ab") as out:
+            out.write(f"--- run {self.runs} ---\n".encode())
+            out.flush()
+            self.process = subprocess.Popen(
+                [self.binary, "run", "-config", str(self.config)],
+                cwd=self.home,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        process = self.process
+
+        def ping() -> int:
+            if process.poll() is not None:
+                pytest.fail(f"influxd exited {process.returncode} at start:\n{_tail(self.log)}")
+            return http_get(f"{self.url}/ping", timeout=2).status
+
+        wait_until(ping, lambda status: status == 204, f"InfluxDB at {self.url}/ping")
+
+    def stop(self) -> int:
+        """SIGTERM (killed if it does not stop); the exit code."""
+        assert self.process is not None, "not running"
+        code = _stop(self.process, signal.SIGTERM)
+        self.process = None
+        return code
+
+    def query(self, q: str, db: str | None = None, epoch: str = "s") -> Any:
+        """One InfluxQL request (POST /query, so that CREATE and DROP work too), the parsed
+        JSON answer; an HTTP error or an error in any statement fails the call."""
+        params = {"q": q, "epoch": epoch, **({"db": db} if db is not None else {})}
+        r = http_post(
+            f"{self.url}/query",
+            urllib.parse.urlencode(params).encode(),
+            {"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        answer = json.loads(r.body) if r.body else {}
+        errors = [answer.get("error")] + [s.get("error") for s in answer.get("results", [])]
+        if r.status != 200 or any(errors):
+            raise AssertionError(f"InfluxDB {q!r} on {db}: HTTP {r.status}: {answer}")
+        return answer
+
+    def series(self, q: str, db: str | None = None) -> InfluxSeries:
+        """The series of a single-statement query (an empty list when nothing matched)."""
+        results = self.query(q, db)["results"]
+        assert len(results) == 1, results
+        series: InfluxSeries = results[0].get("series", [])
+        return series
+
+    def write(self, lines: list[str], db: str) -> Response:
+        """POST line protocol to /write (precision s), as it is: the answer, not raised."""
+        return http_post(
+            f"{self.url}/write?{urllib.parse.urlencode({'db': db, 'precision': 's'})}",
+            "\n".join(lines).encode("utf-8"),
+        )
+
+    def databases(self) -> set[str]:
+        return {v[0] for s in self.series("SHOW DATABASES") for v in s.get("values", [])}
+
+    def dump(self, db: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], list[list[Any]]]:
+        """Every point of every measurement: (measurement, sorted tags) → its [time, fields...]
+        rows, sorted."""
+        out: dict[tuple[str, tuple[tuple[str, str], ...]], list[list[Any]]] = {}
+        for s in self.series("SELECT * FROM /.*/ GROUP BY *", db):
+            key = (s["name"], tuple(sorted((s.get("tags") or {}).items())))
+            assert key not in out, f"series {key} twice"
+            out[key] = sorted(s["values"])
+        return out
+
+
+_INFLUXDB_CONF = """\
+reporting-disabled = true
+bind-address = "127.0.0.1:{rpc_port}"
+
+[meta]
+  dir = "{home}/meta"
+
+[data]
+  dir = "{home}/data"
+  wal-dir = "{home}/wal"
+  query-log-enabled = false
+
+[http]
+  bind-address = "127.0.0.1:{port}"
+  log-enabled = false
+  max-row-limit = 0
+
+[monitor]
+  store-enabled = false
+
+[continuous_queries]
+  enabled = false
+
+[subscriber]
+  enabled = false
+"""
+
+
+@contextlib.contextmanager
+def influxdb_server(tmp_path: Path) -> Iterator[InfluxDB]:
+    """A private InfluxDB 1.x on free ports of 127.0.0.1 (HTTP, and the RPC port it insists on)
+    with its data under ``tmp_path``, answering /ping when yielded, stopped at the end."""
+    binary = require_binary("influxd")
+    port, rpc_port = free_port(), free_port()
+    home = tmp_path / f"influxdb-{port}"
+    home.mkdir(parents=True)
+    server = InfluxDB(binary, port, home, home / "influxd.log")
+    server.config.write_text(_INFLUXDB_CONF.format(home=home, port=port, rpc_port=rpc_port))
+    try:
+        server.start()
+        yield server
+    finally:
+        if server.process is not None:
+            server.stop()
+
+
 # --- the exporter --------------------------------------------------------------------------------
 
 
@@ -280,6 +452,7 @@ class Exporter:
     log: Path
     process: subprocess.Popen[bytes] | None = None
     plugins: dict[str, Any] | None = None  # the config's plugins section
+    settings: dict[str, Any] | None = None  # more config sections (e.g. influxdb)
     returncode: int | None = None
     runs: int = 0
 
@@ -320,6 +493,12 @@ class Exporter:
         self.process = None
         return self.returncode
 
+    def kill(self) -> None:
+        """SIGKILL: no final flush, no goodbye to InfluxDB."""
+        assert self.process is not None, "not running"
+        self.returncode = _stop(self.process, signal.SIGKILL)
+        self.process = None
+
     def stop_cleanly(self) -> None:
         """SIGTERM, and the exit code must be 0."""
         code = self.stop()
@@ -328,7 +507,9 @@ class Exporter:
     def reconfigure(self, paths: list[Path]) -> None:
         """Rewrite the config (same store, port and plugins) with other replay files; it takes
         effect at the next :meth:`start`."""
-        write_exporter_config(self.config, self.store, self.port, paths, self.plugins)
+        write_exporter_config(
+            self.config, self.store, self.port, paths, self.plugins, self.settings
+        )
 
     def get(self, path: str = "/metrics", headers: dict[str, str] | None = None) -> Response:
         return http_get(self.url + path, headers)
@@ -368,8 +549,15 @@ class Exporter:
 
 
 def write_exporter_config(
-    path: Path, store: Path, port: int, paths: list[Path], plugins: dict[str, Any] | None = None
+    path: Path,
+    store: Path,
+    port: int,
+    paths: list[Path],
+    plugins: dict[str, Any] | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> None:
+    """``settings``: more top-level sections; one that exists already (store, http, logging)
+    is updated key by key."""
     data: dict[str, Any] = {
         "store": {"path": str(store), "flush_interval": "250ms"},
         "sources": [{"type": "replay", "name": "file", "paths": [str(p) for p in paths]}],
@@ -378,6 +566,11 @@ def write_exporter_config(
     }
     if plugins:
         data["plugins"] = plugins
+    for key, value in (settings or {}).items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
     path.write_text(json.dumps(data, indent=2))  # JSON is YAML
 
 
@@ -387,11 +580,13 @@ def exporter_process(
     paths: list[Path],
     plugins: dict[str, Any] | None = None,
     port: int | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> Iterator[Exporter]:
     """`statscache-exporter run` replaying ``paths`` into a store under ``tmp_path``, serving
     HTTP on a free port of 127.0.0.1; started (answering /healthz) when yielded. At the end it
     gets SIGTERM and, when the test body went through, must exit 0. ``port``: one chosen in
-    advance (e.g. already a Prometheus target), else a free one."""
+    advance (e.g. already a Prometheus target), else a free one. ``settings``: more config
+    sections (see :func:`write_exporter_config`)."""
     home = tmp_path / "exporter"
     home.mkdir(parents=True, exist_ok=True)
     exporter = Exporter(
@@ -400,6 +595,7 @@ def exporter_process(
         config=home / "config.yaml",
         log=home / "exporter.log",
         plugins=plugins,
+        settings=settings,
     )
     exporter.reconfigure(paths)
     try:
@@ -416,3 +612,70 @@ def exporter_process(
 def write_jsonl(path: Path, messages: list[dict[str, Any]]) -> Path:
     path.write_text("".join(json.dumps(m) + "\n" for m in messages), encoding="utf-8")
     return path
+
+
+class ReplayPipe:
+    """A named pipe to give the exporter as a replay file, written by the test at its own
+    pace: the replay reads what was written and waits for more until :meth:`close`. So a test
+    can act (stop a server, kill the exporter) while a replay is certainly not over.
+
+    The replay opens the file twice (a look at the first bytes for gzip, then the reading): the
+    first bytes written are blank lines, read by the look, and the rest waits until they are
+    gone. The writer stays open throughout, so nothing written is lost between the two opens."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        os.mkfifo(path)
+        self.fd: int | None = None
+
+    def _open(self, timeout: float) -> int:
+        def open_for_writing() -> int | None:
+            try:  # fails (ENXIO) until a reader has it open
+                return os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:
+                    raise
+                return None
+
+        found = wait_until(
+            open_for_writing,
+            lambda fd: fd is not None,
+            f"the exporter to open the replay pipe {self.path}",
+            timeout,
+            interval=0.05,
+        )
+        assert found is not None
+        fd: int = found
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        os.write(fd, b"\n\n")  # for the look at the magic bytes
+        wait_until(lambda: self._unread(fd), lambda n: n == 0, "the replay's first look", timeout)
+        return fd
+
+    @staticmethod
+    def _unread(fd: int) -> int:
+        buf = bytearray(4)
+        fcntl.ioctl(fd, termios.FIONREAD, buf)
+        return int.from_bytes(buf, sys.byteorder)
+
+    def write(self, data: bytes, timeout: float = 30.0) -> None:
+        """Hand ``data`` over (blocks while the pipe is full)."""
+        if self.fd is None:
+            self.fd = self._open(timeout)
+        deadline = time.monotonic() + timeout
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(self.fd, view) :]
+            except BrokenPipeError:  # between the look and the reading: no reader for now
+                if time.monotonic() > deadline:
+                    pytest.fail(f"nobody reads the replay pipe {self.path}")
+                time.sleep(0.02)
+
+    def write_messages(self, messages: list[dict[str, Any]]) -> None:
+        self.write("".join(json.dumps(m) + "\n" for m in messages).encode("utf-8"))
+
+    def close(self) -> None:
+        """End of file for the replay."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
