@@ -25,6 +25,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol, cast
 
@@ -34,7 +35,7 @@ from influxdb_client.domain.write_precision import WritePrecision
 from requests.structures import CaseInsensitiveDict
 
 from statscache_exporter.config import InfluxConfig
-from statscache_exporter.store import Outbox, Pending
+from statscache_exporter.store import Outbox, Pending, Queued, SeriesInfo
 
 log = logging.getLogger(__name__)
 
@@ -58,24 +59,30 @@ class LineBuilder:
     def __init__(self, prefix: str, tags: Mapping[str, str]) -> None:
         self.prefix = prefix
         self.tags = dict(tags)
-        self._keys: dict[int, str | None] = {}
+        self._keys: dict[int, str | None] = {}  # series id → key, None if unwritable
+        self._counter: dict[int, bool] = {}
+
+    def known(self, series: int) -> bool:
+        return series in self._keys
+
+    def learn(self, series: int, info: SeriesInfo) -> None:
+        self._keys[series] = self._series_key(info)
+        self._counter[series] = info.kind == "counter"
 
     def line(self, p: Pending) -> str | None:
         """The point's line, or None if its series cannot be written faithfully."""
-        key = self._keys.get(p.series, "")
-        if key == "":
-            key = self._keys[p.series] = self._series_key(p)
+        key = self._keys[p.series]
         if key is None:
             return None
-        if p.kind == "counter":
+        if self._counter[p.series]:
             return f"{key} count={int(p.value)}i {p.start}"
         return f"{key} value={float(p.value)!r} {p.start}"
 
-    def _series_key(self, p: Pending) -> str | None:
-        tags = {**self.tags, **json.loads(p.labels)}
+    def _series_key(self, info: SeriesInfo) -> str | None:
+        tags = {**self.tags, **json.loads(info.labels)}
         if any(not representable(value) for value in tags.values()):
             return None
-        point = Point(self.prefix + p.metric)
+        point = Point(self.prefix + info.metric)
         for name, value in tags.items():
             point.tag(name, value)
         # "<measurement>[,tags] <field> <time>": the key is all before the last two spaces
@@ -261,6 +268,8 @@ class InfluxSink:
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        # the write in flight while the sender reads and builds the next batch
+        self._writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="influxdb-write")
         self._backoff = 0.0
         self._next_wait = 0.0
         self._flushed = True  # the outbox may have changed since the state was last read
@@ -282,6 +291,7 @@ class InfluxSink:
         self.wake.set()
         if self._thread is not None:
             self._thread.join(self.config.shutdown_timeout.total_seconds() + 5)
+        self._writes.shutdown(wait=False)
         self.writer.close()
 
     def _run(self) -> None:
@@ -304,7 +314,7 @@ class InfluxSink:
         while True:
             if self.stopping.is_set() and deadline is None:
                 deadline = time.monotonic() + self.config.shutdown_timeout.total_seconds()
-            sent = self.send_batch(outbox)
+            sent = self.drain(outbox, deadline)
             self._refresh_state(outbox)
             if deadline is not None and (sent == 0 or time.monotonic() >= deadline):
                 if self.stats.pending:
@@ -322,74 +332,124 @@ class InfluxSink:
             self.wake.wait(wait)
             self.wake.clear()
 
+    def drain(self, outbox: Outbox, deadline: float | None = None) -> int:
+        """Send until the outbox is empty (or the deadline passes), keeping one write in flight
+        while the next batch is read and built and the last one acknowledged, as a plain loop of
+        POSTs keeps InfluxDB busy. Returns what was sent, or -1 if InfluxDB is away (a batch
+        read ahead is then dropped and read again later: nothing was acknowledged for it)."""
+        in_flight: tuple[Queued, list[tuple[Pending, str]], Future[WriteResult]] | None = None
+        after: tuple[int, int] | None = None
+        total = 0
+        while True:
+            self._refresh_state(outbox)
+            late = deadline is not None and time.monotonic() >= deadline
+            queued = Queued([], 0) if late else outbox.next_batch(self.config.batch_size, after)
+            lines = self.prepare(outbox, queued) if queued.rows else []
+            if in_flight is not None:
+                sent = self.settle(outbox, *in_flight[:2], in_flight[2].result())
+                in_flight = None
+                if sent < 0:
+                    return -1
+                total += sent
+            if not queued.rows:
+                return total
+            after = queued.last
+            if lines:
+                in_flight = (queued, lines, self._writes.submit(self._write, lines))
+            else:
+                total += len(queued.rows)  # all set aside by prepare()
+
     # --- one batch -----------------------------------------------------------------------
 
     def send_batch(self, outbox: Outbox) -> int:
         """Send the oldest queued buckets: their number, 0 if none, -1 if InfluxDB is away."""
-        self._refresh_state(outbox)  # before a write that may hang, so the gauge is current
+        self._refresh_state(outbox)
         queued = outbox.next_batch(self.config.batch_size)
-        if not queued:
+        if not queued.rows:
             return 0
-        batch = [p for p in queued if self.lines.line(p) is not None]
-        if len(batch) < len(queued):
-            self._refuse([p for p in queued if self.lines.line(p) is None], outbox)
-            if not batch:
-                return len(queued)
-        result = self._write(batch)
+        lines = self.prepare(outbox, queued)
+        if not lines:
+            return len(queued.rows)
+        return self.settle(outbox, queued, lines, self._write(lines))
+
+    def prepare(self, outbox: Outbox, queued: Queued) -> list[tuple[Pending, str]]:
+        """The batch's lines; points no line can carry are set aside at once."""
+        unknown = {p.series for p in queued.rows if not self.lines.known(p.series)}
+        if unknown:
+            for series, info in outbox.series_info(unknown).items():
+                self.lines.learn(series, info)
+        line = self.lines.line
+        batch = [(p, text) for p in queued.rows if (text := line(p)) is not None]
+        if len(batch) < len(queued.rows):
+            self._refuse([p for p in queued.rows if line(p) is None], outbox, queued.seq)
+        return batch
+
+    def settle(
+        self,
+        outbox: Outbox,
+        queued: Queued,
+        batch: list[tuple[Pending, str]],
+        result: WriteResult,
+    ) -> int:
+        """Act on InfluxDB's answer to a batch: what :meth:`send_batch` returns."""
         if result.ok:
-            outbox.acknowledge(batch)
-            self._recovered()
-            return len(batch)
+            outbox.acknowledge_batch(queued)
+            self._sent(len(batch))
+            return len(queued.rows)
         if result.bad_data:
             good, refused = self._bisect(batch)
-            outbox.acknowledge(good)
-            outbox.mark_failed(refused)
-            self._recovered()
-            return len(queued)
+            outbox.acknowledge(good, queued.seq)
+            outbox.mark_failed(refused, queued.seq)
+            self._sent(len(good))
+            return len(queued.rows)
         self._failed(result, len(batch))
         return -1
 
-    def _refuse(self, unwritable: Sequence[Pending], outbox: Outbox) -> None:
+    def _sent(self, count: int) -> None:
+        self.stats.pending = max(0, self.stats.pending - count)
+        self._recovered()
+
+    def _refuse(self, unwritable: Sequence[Pending], outbox: Outbox, seq: int) -> None:
         self.stats.points_refused += len(unwritable)
         log.error(
             "%d points have a tag value InfluxDB line protocol cannot carry (newline, carriage "
-            "return, tab or a trailing backslash), set aside; e.g. %s %s",
+            "return, tab or a trailing backslash), set aside; e.g. series %d at %d",
             len(unwritable),
-            unwritable[0].metric,
-            unwritable[0].labels[:200],
+            unwritable[0].series,
+            unwritable[0].start,
         )
-        outbox.mark_failed(unwritable)
+        outbox.mark_failed(unwritable, seq)
 
-    def _write(self, batch: Sequence[Pending]) -> WriteResult:
-        lines = [self.lines.line(p) for p in batch]
-        result = self.writer.write([line for line in lines if line is not None])
+    def _write(self, batch: Sequence[tuple[Pending, str]]) -> WriteResult:
+        result = self.writer.write([line for _, line in batch])
         if result.ok:
             self.stats.points_written += len(batch)
             self.stats.batches_written += 1
         return result
 
-    def _bisect(self, batch: Sequence[Pending]) -> tuple[list[Pending], list[Pending]]:
+    def _bisect(self, batch: Sequence[tuple[Pending, str]]) -> tuple[list[Pending], list[Pending]]:
         """Split a batch InfluxDB refused until each refused line stands alone: (written,
         refused). A good point written twice on the way is harmless: it overwrites itself."""
         if len(batch) == 1:
             self.stats.points_refused += 1
             log.error(
-                "InfluxDB refused a point, set aside (it is still in the store): %s",
-                self.lines.line(batch[0]),
+                "InfluxDB refused a point, set aside (it is still in the store): %s", batch[0][1]
             )
-            return [], list(batch)
+            return [], [batch[0][0]]
         half = len(batch) // 2
         good_a, bad_a = self._bisect_half(batch[:half])
         good_b, bad_b = self._bisect_half(batch[half:])
         return good_a + good_b, bad_a + bad_b
 
-    def _bisect_half(self, half: Sequence[Pending]) -> tuple[list[Pending], list[Pending]]:
+    def _bisect_half(
+        self, half: Sequence[tuple[Pending, str]]
+    ) -> tuple[list[Pending], list[Pending]]:
         result = self._write(half)
         if result.ok:
-            return list(half), []
+            return [p for p, _ in half], []
         if result.bad_data:
             return self._bisect(half)
-        return [], []
+        return [], []  # InfluxDB went away meanwhile: leave them queued
 
     def _recovered(self) -> None:
         if not self.stats.connected and self.stats.batches_failed:
@@ -420,20 +480,21 @@ class InfluxSink:
         return self.stats.pending <= self.config.max_pending
 
     def _refresh_state(self, outbox: Outbox) -> None:
-        """Re-read the outbox's size after a flush changed it, or once a second (a count over a
-        big outbox is not free: not before every batch of a long drain)."""
+        """Re-count the outbox (for the max_pending gate): after a flush queued more, at most
+        once a second, else every 10 s; between counts, acknowledgements are subtracted. The
+        self-metrics count it themselves at each scrape."""
         now = self.clock()
-        fresh = now - self.stats.state_checked < 1.0
-        if fresh and not self._flushed and not self.stopping.is_set():
+        age = now - self.stats.state_checked
+        if age < (1.0 if self._flushed else 10.0) and not self.stopping.is_set():
             return
         self._flushed = False
-        self.stats.state_checked = now
         pending, failed, oldest = outbox.state()
         self.stats.pending, self.stats.failed_rows, self.stats.oldest_pending = (
             pending,
             failed,
             oldest,
         )
+        self.stats.state_checked = self.clock()  # after the count: it may take a while
         if pending > self.config.max_pending:
             log.warning(
                 "the InfluxDB outbox holds %d points, more than influxdb.max_pending (%d): new "

@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from statscache_exporter.influx import InfluxSink
 from statscache_exporter.pipeline import Pipeline
+from statscache_exporter.store import Reader
 
 
 def store_size(path: Path) -> int:
@@ -174,13 +175,15 @@ class SelfMetrics:
         ]
         for name, help, value in counters:
             yield self._family("counter", name, help, [], [((), value)])
+        # counted now, on a connection of this thread: right even while a write hangs
+        pending, failed, oldest = Reader(self.pipeline.store.path).outbox_state()
         gauges: list[tuple[str, str, float]] = [
-            ("influxdb_pending_points", "Buckets queued for InfluxDB", s.pending),
-            ("influxdb_failed_points", "Queued buckets InfluxDB refused, set aside", s.failed_rows),
+            ("influxdb_pending_points", "Buckets queued for InfluxDB", pending),
+            ("influxdb_failed_points", "Queued buckets InfluxDB refused, set aside", failed),
             ("influxdb_up", "1 if the last write to InfluxDB went through", float(s.connected)),
         ]
-        if s.oldest_pending is not None:
-            age = max(0.0, self.clock() - s.oldest_pending)
+        if oldest is not None:
+            age = max(0.0, self.clock() - oldest)
             gauges.append(
                 ("influxdb_oldest_pending_age_seconds", "Age of the oldest queued bucket", age)
             )

@@ -27,13 +27,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 from statscache_exporter.aggregate import Batch, GaugeValue, Series, SeriesKey
 from statscache_exporter.plugin import Metric
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -65,14 +65,15 @@ CREATE TABLE IF NOT EXISTS totals (
 CREATE TABLE IF NOT EXISTS seen (msg_id TEXT PRIMARY KEY, stored_at REAL NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS seen_by_time ON seen (stored_at);
 CREATE TABLE IF NOT EXISTS outbox (
-    series INTEGER NOT NULL,
     start INTEGER NOT NULL,
-    version INTEGER NOT NULL DEFAULT 1,
+    series INTEGER NOT NULL,
+    seq INTEGER NOT NULL DEFAULT 0,
     failed INTEGER NOT NULL DEFAULT 0,
+    value NOT NULL,
     since REAL NOT NULL,
-    PRIMARY KEY (series, start)
+    PRIMARY KEY (start, series)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (failed, start);
+CREATE INDEX IF NOT EXISTS outbox_age ON outbox (failed, since);
 """
 
 _ADD_COUNT = """
@@ -86,11 +87,15 @@ SET value = excluded.value, ts = excluded.ts, msg_id = excluded.msg_id
 WHERE (excluded.ts, excluded.msg_id) > (buckets.ts, buckets.msg_id)
 """
 _SET_TOTAL = "INSERT OR REPLACE INTO totals (series, value, ts, msg_id) VALUES (?, ?, ?, ?)"
-# A bucket changed: (re)queue it for InfluxDB. The version tells the sender whether the row it
-# sent is still the latest; a change while it was in flight keeps the row queued.
+# A bucket changed: (re)queue it for InfluxDB with its full value as this flush leaves it,
+# stamped with the flush's sequence number. The sender unqueues only rows stamped no later than
+# the flush it had seen when it read them: a change while they were in flight keeps them queued.
+# Rows are clustered by time, so a batch is one range read and one range delete.
 _QUEUE = """
-INSERT INTO outbox (series, start, since) VALUES (?, ?, ?)
-ON CONFLICT (series, start) DO UPDATE SET version = version + 1, failed = 0
+INSERT INTO outbox (start, series, seq, value, since)
+SELECT start, series, ?, value, ? FROM buckets WHERE series = ? AND resolution = ? AND start = ?
+ON CONFLICT (start, series) DO UPDATE
+SET seq = excluded.seq, failed = 0, value = excluded.value
 """
 
 
@@ -161,11 +166,29 @@ class Store:
             columns = {r[1] for r in self.db.execute("PRAGMA table_info(series)")}
             if "created" not in columns:  # schema 1 → 2
                 self.db.execute("ALTER TABLE series ADD COLUMN created REAL NOT NULL DEFAULT 0")
+            outbox_columns = {r[1] for r in self.db.execute("PRAGMA table_info(outbox)")}
+            if "seq" not in outbox_columns:  # schema 3 → 4: by time, value and seq inside
+                self._rebuild_outbox()
             self.db.execute(
                 "INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE "
                 "SET value = excluded.value",
                 (str(SCHEMA_VERSION),),
             )
+
+    def _rebuild_outbox(self) -> None:
+        self.db.execute("ALTER TABLE outbox RENAME TO outbox_3")
+        self.db.execute("DROP INDEX IF EXISTS outbox_pending")
+        self.db.execute("DROP INDEX IF EXISTS outbox_age")
+        for statement in _SCHEMA.split(";"):
+            if "outbox" in statement:
+                self.db.execute(statement)
+        self.db.execute(
+            "INSERT INTO outbox (start, series, seq, failed, value, since) "
+            "SELECT o.start, o.series, 0, o.failed, b.value, o.since FROM outbox_3 o "
+            "JOIN buckets b ON b.series = o.series AND b.start = o.start AND b.resolution = "
+            "(SELECT min(resolution) FROM buckets)"
+        )
+        self.db.execute("DROP TABLE outbox_3")
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -331,7 +354,18 @@ class Store:
         skip: set[tuple[int, int]],
     ) -> None:
         touched = self._base_keys(batch, resolution) - skip
-        db.executemany(_QUEUE, ((series, start, now) for series, start in touched))
+        if not touched:
+            return
+        row = db.execute("SELECT value FROM meta WHERE key = 'outbox_seq'").fetchone()
+        seq = int(row[0]) + 1 if row else 1
+        db.execute(
+            "INSERT INTO meta VALUES ('outbox_seq', ?) ON CONFLICT (key) DO UPDATE "
+            "SET value = excluded.value",
+            (str(seq),),
+        )
+        db.executemany(
+            _QUEUE, ((seq, now, series, resolution, start) for series, start in sorted(touched))
+        )
 
     @staticmethod
     def _advance_checkpoint(db: sqlite3.Connection, covered_until: datetime) -> None:
@@ -452,6 +486,11 @@ class Reader:
             params.extend(values)
         return " AND ".join(clauses), params
 
+    def outbox_state(self) -> tuple[int, int, float | None]:
+        """The InfluxDB outbox as it is now: (pending, failed, oldest pending's queue time)."""
+        with self._connect() as db:
+            return outbox_state(db)
+
     def ping(self) -> None:
         """Raise if the store cannot be opened and read."""
         with self._connect() as db:
@@ -483,17 +522,31 @@ class Reader:
         return [(start, name, json.loads(labels), value) for start, name, labels, value in found]
 
 
-@dataclass(frozen=True, slots=True)
-class Pending:
-    """A queued bucket as the InfluxDB sender reads it: the full value as of now."""
+class Pending(NamedTuple):
+    """A queued bucket as the InfluxDB sender reads it: its full value as of the last flush."""
 
-    series: int
     start: int
-    version: int
+    series: int
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """A batch read from the outbox, and the last flush whose changes it includes."""
+
+    rows: list[Pending]
+    seq: int
+
+    @property
+    def last(self) -> tuple[int, int]:
+        return self.rows[-1].start, self.rows[-1].series
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesInfo:
     metric: str
     labels: str  # JSON
     kind: str
-    value: float
 
 
 class Outbox:
@@ -504,44 +557,83 @@ class Outbox:
         self.resolution = resolution
         self.db = sqlite3.connect(str(self.path), isolation_level=None, timeout=30)
         self.db.execute("PRAGMA journal_mode=WAL")
+        # an acknowledgement lost to a power cut only means the points are sent again
+        self.db.execute("PRAGMA synchronous=NORMAL")
 
     def close(self) -> None:
         self.db.close()
 
-    def next_batch(self, limit: int) -> list[Pending]:
-        """The oldest queued buckets, with their current values."""
-        rows = self.db.execute(
-            "SELECT o.series, o.start, o.version, s.metric, s.labels, s.kind, b.value "
-            "FROM outbox o JOIN series s ON s.id = o.series "
-            "JOIN buckets b ON b.series = o.series AND b.resolution = ? AND b.start = o.start "
-            "WHERE o.failed = 0 ORDER BY o.start, o.series LIMIT ?",
-            (self.resolution, limit),
+    def next_batch(self, limit: int, after: tuple[int, int] | None = None) -> Queued:
+        """The oldest queued buckets (after a key, to read ahead of an unacknowledged batch)."""
+        start, series = after if after is not None else (-(2**62), -1)
+        self.db.execute("BEGIN")  # one snapshot: the rows and the flush they include
+        try:
+            row = self.db.execute("SELECT value FROM meta WHERE key = 'outbox_seq'").fetchone()
+            # "+failed": walk the table in key (time) order, not the (failed, since) index,
+            # which would sort the whole queue for every batch
+            rows = self.db.execute(
+                "SELECT start, series, value FROM outbox WHERE +failed = 0 "
+                "AND (start, series) > (?, ?) ORDER BY start, series LIMIT ?",
+                (start, series, limit),
+            ).fetchall()
+        finally:
+            self.db.execute("COMMIT")
+        return Queued(list(map(Pending._make, rows)), int(row[0]) if row else 0)
+
+    def series_info(self, ids: Iterable[int]) -> dict[int, SeriesInfo]:
+        wanted = list(ids)
+        found: dict[int, SeriesInfo] = {}
+        for i in range(0, len(wanted), 500):
+            chunk = wanted[i : i + 500]
+            rows = self.db.execute(
+                f"SELECT id, metric, labels, kind FROM series WHERE id IN "
+                f"({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            found.update((sid, SeriesInfo(m, lab, k)) for sid, m, lab, k in rows)
+        return found
+
+    def acknowledge_batch(self, batch: Queued) -> None:
+        """InfluxDB has the whole batch: unqueue its key range in one statement, but not rows a
+        later flush changed (or added) since it was read, nor rows set aside as failed."""
+        first = batch.rows[0]
+        self._write(
+            "DELETE FROM outbox WHERE (start, series) >= (?, ?) AND (start, series) <= (?, ?) "
+            "AND +failed = 0 AND seq <= ?",
+            [(first.start, first.series, *batch.last, batch.seq)],
         )
-        return [Pending(*row) for row in rows]
 
-    def acknowledge(self, sent: Iterable[Pending]) -> None:
-        """InfluxDB has these: unqueue them, unless a flush changed them since they were read."""
-        self._apply("DELETE FROM outbox WHERE series = ? AND start = ? AND version = ?", sent)
+    def acknowledge(self, sent: Iterable[Pending], seq: int) -> None:
+        """InfluxDB has these (some of a batch): unqueue them unless changed since."""
+        self._write(
+            "DELETE FROM outbox WHERE start = ? AND series = ? AND seq <= ?",
+            [(p.start, p.series, seq) for p in sent],
+        )
 
-    def mark_failed(self, refused: Iterable[Pending]) -> None:
+    def mark_failed(self, refused: Iterable[Pending], seq: int) -> None:
         """InfluxDB refused these for their data: keep them aside (a later change requeues)."""
-        self._apply(
-            "UPDATE outbox SET failed = 1 WHERE series = ? AND start = ? AND version = ?", refused
+        self._write(
+            "UPDATE outbox SET failed = 1 WHERE start = ? AND series = ? AND seq <= ?",
+            [(p.start, p.series, seq) for p in refused],
         )
 
-    def _apply(self, sql: str, rows: Iterable[Pending]) -> None:
+    def _write(self, sql: str, params: list[tuple[Any, ...]]) -> None:
         self.db.execute("BEGIN IMMEDIATE")
         try:
-            self.db.executemany(sql, ((p.series, p.start, p.version) for p in rows))
+            self.db.executemany(sql, params)
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
 
     def state(self) -> tuple[int, int, float | None]:
-        """(pending rows, failed rows, when the oldest pending row was queued)."""
-        pending, oldest = self.db.execute(
-            "SELECT count(*), min(since) FROM outbox WHERE failed = 0"
-        ).fetchone()
-        failed = self.db.execute("SELECT count(*) FROM outbox WHERE failed = 1").fetchone()[0]
-        return int(pending), int(failed), oldest
+        return outbox_state(self.db)
+
+
+def outbox_state(db: sqlite3.Connection) -> tuple[int, int, float | None]:
+    """(pending rows, failed rows, when the oldest pending row was queued): index-only."""
+    pending, oldest = db.execute(
+        "SELECT count(*), min(since) FROM outbox WHERE failed = 0"
+    ).fetchone()
+    failed = db.execute("SELECT count(*) FROM outbox WHERE failed = 1").fetchone()[0]
+    return int(pending), int(failed), oldest

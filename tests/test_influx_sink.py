@@ -15,7 +15,7 @@ import pytest
 
 from statscache_exporter.influx import InfluxSink, LineBuilder, WriteResult
 from statscache_exporter.pipeline import influx_sink_for
-from statscache_exporter.store import Outbox, Pending
+from statscache_exporter.store import Outbox, Pending, SeriesInfo
 
 T0 = 1_700_000_000
 
@@ -63,25 +63,22 @@ def sink_for(p: Any, writer: Scripted) -> InfluxSink:
 def outbox_rows(store: Path) -> list[tuple[Any, ...]]:
     db = sqlite3.connect(store)
     try:
-        return sorted(db.execute("SELECT start, version, failed FROM outbox"))
+        return sorted(db.execute("SELECT start, seq, failed FROM outbox"))
     finally:
         db.close()
 
 
 def test_line_builder_escapes_with_point_and_formats_fields() -> None:
     lb = LineBuilder("statscache_", {"instance": "a b"})
-    counter = Pending(
-        1, T0, 1, "messages_by_user", json.dumps({"user": 'o"b, x=y é'}), "counter", 3.0
-    )
-    gauge = Pending(2, T0, 1, "level", json.dumps({"thing": "t"}), "gauge", 2.5)
-    assert lb.line(counter) == (
+    lb.learn(1, SeriesInfo("messages_by_user", json.dumps({"user": 'o"b, x=y é'}), "counter"))
+    lb.learn(2, SeriesInfo("level", json.dumps({"thing": "t"}), "gauge"))
+    lb.learn(3, SeriesInfo("messages_by_user", json.dumps({"user": "new\nline"}), "counter"))
+    assert lb.line(Pending(T0, 1, 3.0)) == (
         'statscache_messages_by_user,instance=a\\ b,user=o"b\\,\\ x\\=y\\ é count=3i ' + str(T0)
     )
-    assert lb.line(gauge) == f"statscache_level,instance=a\\ b,thing=t value=2.5 {T0}"
-    # the key is built once per series and reused
-    assert lb.line(Pending(1, T0 + 1, 1, "ignored", "{}", "counter", 4.0)).startswith(
-        "statscache_messages_by_user,instance=a\\ b,user="
-    )
+    assert lb.line(Pending(T0, 2, 2.5)) == f"statscache_level,instance=a\\ b,thing=t value=2.5 {T0}"
+    assert lb.line(Pending(T0, 3, 1.0)) is None  # line protocol cannot carry a newline
+    assert lb.known(1) and not lb.known(4)
 
 
 def test_only_base_resolution_buckets_are_queued_and_sent_with_full_counts(open_store: Any) -> None:
@@ -106,14 +103,33 @@ def test_only_base_resolution_buckets_are_queued_and_sent_with_full_counts(open_
 def test_a_bucket_changed_while_its_batch_is_in_flight_is_sent_again(open_store: Any) -> None:
     p = open_store(influxdb=influx_section())
     p.handle(fedmsg(0, T0))
+    p.handle(fedmsg(1, T0 + 7))
     p.flush()
     outbox = Outbox(p.store.path, 1)
     read = outbox.next_batch(100)
-    p.handle(fedmsg(1, T0 + 0.3))  # the same second changes before the ack
+    assert len(read.rows) == 6  # 2 seconds x (volume, category, topic)
+    p.handle(fedmsg(2, T0 + 0.3))  # second T0 changes before the ack...
+    p.handle(fedmsg(3, T0 + 3))  # ...and a new second inside the batch's key range appears
     p.flush()
-    outbox.acknowledge(read)  # acknowledges the old version only
-    again = [row for row in outbox.next_batch(100) if row.metric == "messages"]
-    assert [(row.start, row.value, row.version) for row in again] == [(T0, 2, 2)]
+    outbox.acknowledge_batch(read)  # unqueues only what it read, as it read it
+    infos = outbox.series_info(range(1, 10))
+    messages = next(sid for sid, info in infos.items() if info.metric == "messages")
+    again = [(r.start, r.value) for r in outbox.next_batch(100).rows if r.series == messages]
+    assert again == [(T0, 2), (T0 + 3, 1)]
+    assert len(outbox_rows(p.store.path)) == 6  # T0 and T0+3, three series each
+
+
+def test_reading_ahead_of_an_unacknowledged_batch(open_store: Any) -> None:
+    p = open_store(influxdb=influx_section())
+    for i in range(10):
+        p.handle(fedmsg(i, T0 + i))
+    p.flush()
+    outbox = Outbox(p.store.path, 1)
+    first = outbox.next_batch(12)
+    second = outbox.next_batch(12, after=first.last)
+    rest = outbox.next_batch(100, after=second.last)
+    keys = [(r.start, r.series) for b in (first, second, rest) for r in b.rows]
+    assert len(keys) == 30 and keys == sorted(set(keys))
 
 
 def test_retry_after_and_exponential_backoff_with_nothing_lost(open_store: Any) -> None:
