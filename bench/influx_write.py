@@ -599,7 +599,7 @@ def markdown(report: dict[str, Any], ours: Run, plain: Run, split: Split) -> str
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for run, what in (
-        (ours, "ours: `InfluxSink.send_batch` until empty"),
+        (ours, "ours: `InfluxSink.drain` (one write in flight)"),
         (plain, "plain `requests.post` loop, same lines"),
     ):
         lines.append(
@@ -754,7 +754,7 @@ def run(args: argparse.Namespace, root: Path, server: Influxd, started: str) -> 
 
     if args.plain_first:
         plain = plain_run()
-    log(f"ours: InfluxSink.send_batch into {DB_OURS}")
+    log(f"ours: InfluxSink.drain into {DB_OURS}")
     ours, split, pending = run_ours(server, pipeline, store_path, args.points)
     log(f"  {ours.seconds:.2f} s, {ours.rate:,.0f} points/s; outbox now holds {pending:,}")
     if not args.plain_first:
