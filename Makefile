@@ -29,9 +29,10 @@ venv: $(STAMP)
 
 # Benchmarks print figures and ratios (markdown on stdout, JSON in var/bench/); they assert no
 # timings. See bench/README.md.
-bench: $(STAMP)
+bench: $(STAMP) test-deps
 	mkdir -p var/bench
 	$(BIN)/python bench/metrics_render.py --json var/bench/metrics_render.json
+	$(BIN)/python bench/influx_write.py --json var/bench/influx_write.json
 
 # Debian packages the virtualenv needs (venv/ensurepip, a compiler for wheels that build),
 # installed only when missing.
