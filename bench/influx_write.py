@@ -29,12 +29,10 @@ import datetime as dt
 import gc
 import json
 import os
-import platform
 import random
 import shutil
 import socket
 import sqlite3
-import string
 import subprocess
 import sys
 import tempfile
@@ -47,7 +45,9 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import common
 import requests
+from common import loadavg, log, names, username, word
 
 from statscache_exporter import config as configuration
 from statscache_exporter.aggregate import Batch, Series, SeriesKey, bucket_start
@@ -65,15 +65,7 @@ START = 1_767_225_600  # 2026-01-01 00:00 UTC: the first second of the data
 FLUSH_SECONDS = 10  # seconds of data per store flush while building the outbox
 
 
-def log(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
 # --- the data ----------------------------------------------------------------------------------
-
-
-def names(text: str) -> tuple[str, ...]:
-    return tuple(text.split())
 
 
 CATEGORIES = names(
@@ -88,18 +80,6 @@ OBJECTS = names("update build tag package repo pull-request issue commit compose
 ACTIONS = names("created comment complete edit request.testing state.change start end failed")
 PREFIXES = ("org.fedoraproject.prod.",) * 6 + ("org.fedoraproject.stg.", "io.pagure.prod.")
 PACKAGE_PREFIXES = ("",) * 6 + ("python-", "python-", "rust-", "golang-github-", "perl-")
-CONSONANTS, VOWELS = "bcdfghjklmnprstvwz", "aeiou"
-
-
-def word(rng: random.Random, syllables: int) -> str:
-    return "".join(rng.choice(CONSONANTS) + rng.choice(VOWELS) for _ in range(syllables))
-
-
-def username(rng: random.Random) -> str:
-    name = word(rng, rng.randint(1, 5))
-    if rng.random() < 0.5:
-        name = rng.choice(string.ascii_lowercase) + name
-    return name + (str(rng.randint(1, 99)) if rng.random() < 0.1 else "")
 
 
 def label_value(metric: str, rng: random.Random) -> str:
@@ -555,31 +535,9 @@ def contents(server: Influxd, db: str) -> dict[str, list[int]]:
 
 
 def machine(server_version: str) -> dict[str, Any]:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu": model or platform.processor() or "unknown",
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "platform": platform.platform(),
-        "influxd": server_version,
-        "requests": version("requests"),
-        "sqlite": sqlite3.sqlite_version,
-        "loadavg": loadavg(),
-    }
-
-
-def loadavg() -> str:
-    try:
-        return f"{os.getloadavg()[0]:.2f}"
-    except OSError:
-        return "unknown"
+    return common.machine(
+        influxd=server_version, requests=version("requests"), sqlite=sqlite3.sqlite_version
+    )
 
 
 def markdown(report: dict[str, Any], ours: Run, plain: Run, split: Split) -> str:

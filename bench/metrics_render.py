@@ -35,11 +35,8 @@ import datetime as dt
 import gc
 import gzip
 import json
-import os
-import platform
 import random
 import statistics
-import string
 import sys
 import tempfile
 import time
@@ -50,6 +47,8 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import common
+from common import loadavg, log, names, username, word
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client import generate_latest as prom_text
 from prometheus_client.openmetrics.exposition import generate_latest as prom_openmetrics
@@ -84,10 +83,6 @@ FORMATS: list[tuple[str, str, bool, str]] = [
 FORMATS += [(label + "+gzip", fmt, True, accept) for label, fmt, _, accept in FORMATS]
 
 
-def log(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
 # --- the series ----------------------------------------------------------------------------------
 
 
@@ -105,10 +100,6 @@ class BenchState(Plugin):
 
     def process(self, message: Any, out: Any) -> None:  # never called: series are loaded
         pass
-
-
-def names(text: str) -> tuple[str, ...]:
-    return tuple(text.split())
 
 
 CATEGORIES = names(
@@ -156,20 +147,6 @@ DATACENTRES = names("iad2 rdu3 rdu-cc")
 STATUSES = names("pending testing stable obsolete unpushed side_tag_active side_tag_expired")
 CONSONANTS = "bcdfghjklmnprstvwz"
 VOWELS = "aeiou"
-
-
-def word(rng: random.Random, syllables: int) -> str:
-    return "".join(rng.choice(CONSONANTS) + rng.choice(VOWELS) for _ in range(syllables))
-
-
-def username(rng: random.Random) -> str:
-    """FAS-like: 3-14 lowercase letters, sometimes digits (pbrezina, ngompa, kevin, limb42)."""
-    name = word(rng, rng.randint(1, 5))
-    if rng.random() < 0.5:
-        name = rng.choice(string.ascii_lowercase) + name
-    if rng.random() < 0.1:
-        name += str(rng.randint(1, 99))
-    return name
 
 
 def package(rng: random.Random) -> str:
@@ -599,30 +576,7 @@ def _run_size(n: int, repeat: int, seed: int, pipeline: Pipeline) -> SizeResult:
 
 
 def machine() -> dict[str, Any]:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu": model or platform.processor() or "unknown",
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "platform": platform.platform(),
-        "prometheus_client": version("prometheus_client"),
-        "loadavg": loadavg(),
-    }
-
-
-def loadavg() -> str:
-    """The 1-minute load average: other work on the machine skews the figures."""
-    try:
-        return f"{os.getloadavg()[0]:.2f}"
-    except OSError:
-        return "unknown"
+    return common.machine(prometheus_client=version("prometheus_client"))
 
 
 def targets(results: list[SizeResult]) -> list[dict[str, Any]]:

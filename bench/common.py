@@ -1,0 +1,65 @@
+"""What the benchmarks share: logging to stderr, the machine they ran on, and the word and
+name generators behind their realistic label values."""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import string
+import sys
+from pathlib import Path
+from typing import Any
+
+CONSONANTS, VOWELS = "bcdfghjklmnprstvwz", "aeiou"
+
+
+def log(text: str) -> None:
+    """Progress, on stderr: stdout carries the table."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def names(text: str) -> tuple[str, ...]:
+    return tuple(text.split())
+
+
+def word(rng: random.Random, syllables: int) -> str:
+    return "".join(rng.choice(CONSONANTS) + rng.choice(VOWELS) for _ in range(syllables))
+
+
+def username(rng: random.Random) -> str:
+    """FAS-like: 3-14 lowercase letters, sometimes digits (pbrezina, ngompa, kevin, limb42)."""
+    name = word(rng, rng.randint(1, 5))
+    if rng.random() < 0.5:
+        name = rng.choice(string.ascii_lowercase) + name
+    if rng.random() < 0.1:
+        name += str(rng.randint(1, 99))
+    return name
+
+
+def machine(**versions: str) -> dict[str, Any]:
+    """The machine and software a run was measured on (extra versions as keywords)."""
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu": model or platform.processor() or "unknown",
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "platform": platform.platform(),
+        **versions,
+        "loadavg": loadavg(),
+    }
+
+
+def loadavg() -> str:
+    """The 1-minute load average: other work on the machine skews the figures."""
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except OSError:
+        return "unknown"
