@@ -63,3 +63,14 @@ def loadavg() -> str:
         return f"{os.getloadavg()[0]:.2f}"
     except OSError:
         return "unknown"
+
+
+#: Fedora bus categories, for realistic label values.
+CATEGORIES = names(
+    "ansible anitya autocloud badges bodhi buildsys bugzilla ci compose copr coreos datanommer "
+    "discourse distgit elections fas fedbadges fedimg fedocal fmn git github greenwave hotness "
+    "hubs infragit irc kerneltest koji mailman mdapi meetbot mirrormanager module noggin "
+    "notifications nuancier odcs openqa osbuild packit pagure pdc planet pungi releng resultsdb "
+    "robosignatory sigul summershum taskotron toddlers trac waiverdb wiki zanata fedora_planet "
+    "message_tagging image_uploader"
+)

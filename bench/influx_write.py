@@ -47,7 +47,7 @@ from typing import Any
 
 import common
 import requests
-from common import loadavg, log, names, username, word
+from common import CATEGORIES, loadavg, log, names, username, word
 
 from statscache_exporter import config as configuration
 from statscache_exporter.aggregate import Batch, Series, SeriesKey, bucket_start
@@ -68,14 +68,6 @@ FLUSH_SECONDS = 10  # seconds of data per store flush while building the outbox
 # --- the data ----------------------------------------------------------------------------------
 
 
-CATEGORIES = names(
-    "ansible anitya autocloud badges bodhi buildsys bugzilla ci compose copr coreos datanommer "
-    "discourse distgit elections fas fedbadges fedimg fedocal fmn git github greenwave hotness "
-    "hubs infragit irc kerneltest koji mailman mdapi meetbot mirrormanager module noggin "
-    "notifications nuancier odcs openqa osbuild packit pagure pdc planet pungi releng resultsdb "
-    "robosignatory sigul summershum taskotron toddlers trac waiverdb wiki zanata fedora_planet "
-    "message_tagging image_uploader"
-)
 OBJECTS = names("update build tag package repo pull-request issue commit compose task image chroot")
 ACTIONS = names("created comment complete edit request.testing state.change start end failed")
 PREFIXES = ("org.fedoraproject.prod.",) * 6 + ("org.fedoraproject.stg.", "io.pagure.prod.")

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import common
-from common import loadavg, log, names, username, word
+from common import CATEGORIES, loadavg, log, names, username, word
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client import generate_latest as prom_text
 from prometheus_client.openmetrics.exposition import generate_latest as prom_openmetrics
@@ -102,14 +102,6 @@ class BenchState(Plugin):
         pass
 
 
-CATEGORIES = names(
-    "ansible anitya autocloud badges bodhi buildsys bugzilla ci compose copr coreos datanommer "
-    "discourse distgit elections fas fedbadges fedimg fedocal fmn git github greenwave hotness "
-    "hubs infragit irc kerneltest koji mailman mdapi meetbot mirrormanager module noggin "
-    "notifications nuancier odcs openqa osbuild packit pagure pdc planet pungi releng resultsdb "
-    "robosignatory sigul summershum taskotron toddlers trac waiverdb wiki zanata fedora_planet "
-    "message_tagging image_uploader"
-)
 TOPIC_PREFIXES = (
     ("org.fedoraproject.prod.",) * 14
     + ("org.fedoraproject.stg.",) * 3
