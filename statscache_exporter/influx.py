@@ -238,9 +238,8 @@ class SinkStats:
     batches_written: int = 0
     batches_failed: int = 0
     points_refused: int = 0
+    #: queued points, as last counted (for the max_pending gate; /metrics counts its own)
     pending: int = 0
-    failed_rows: int = 0
-    oldest_pending: float | None = None
     last_error: str = ""
     connected: bool = False
     state_checked: float = field(default=0.0)
@@ -488,12 +487,7 @@ class InfluxSink:
         if age < (1.0 if self._flushed else 10.0) and not self.stopping.is_set():
             return
         self._flushed = False
-        pending, failed, oldest = outbox.state()
-        self.stats.pending, self.stats.failed_rows, self.stats.oldest_pending = (
-            pending,
-            failed,
-            oldest,
-        )
+        pending = self.stats.pending = outbox.state()[0]
         self.stats.state_checked = self.clock()  # after the count: it may take a while
         if pending > self.config.max_pending:
             log.warning(
