@@ -7,11 +7,12 @@ ports, stopped at the end):
 1. a store whose outbox holds N pending points (default 1,000,000), built through the store's
    own ``Store.commit(batch, ..., outbox_resolution=1)``, one flush per 10 seconds of data, as
    the pipeline would have committed them (buckets at every resolution, totals, outbox rows);
-2. ours: ``InfluxSink(config.influxdb, store_path, 1, prefix).send_batch(outbox)`` in a loop
-   until it returns 0 (read the outbox, build the lines, POST them, acknowledge), into
-   database A, timed as a whole and split into its parts;
-3. plain: the exact same lines (built beforehand with the same ``LineBuilder``, untimed),
-   POSTed in batches of the same size with a ``requests.Session``, into database B;
+2. ours: ``InfluxSink(config.influxdb, store_path).drain(outbox)``, the sender thread's own
+   path, until the outbox is empty (read a batch's lines as one body, POST it, acknowledge
+   it; the next batch is read and the last acknowledged while a write is in flight), into
+   database A, timed as a whole, with the time spent in each part;
+3. plain: the exact same lines (read from the outbox beforehand, untimed), POSTed in batches
+   of the same size with a ``requests.Session``, into database B;
 4. both databases checked to hold the same points, equal to what was put in.
 
 Prints points/s for both and the ratio ours/plain, with the target (>= 0.9) as information
@@ -33,12 +34,13 @@ import random
 import shutil
 import socket
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import version
@@ -52,10 +54,11 @@ from common import CATEGORIES, loadavg, log, names, username, word
 from statscache_exporter import config as configuration
 from statscache_exporter.aggregate import Batch, Series, SeriesKey, bucket_start
 from statscache_exporter.config import InfluxConfig
-from statscache_exporter.influx import InfluxSink, LineBuilder, V1Writer, WriteResult
+from statscache_exporter.influx import InfluxSink, V1Writer, WriteResult
+from statscache_exporter.outbox import Outbox, Pending, Queued
 from statscache_exporter.pipeline import Pipeline, open_pipeline
 from statscache_exporter.plugin import Plugin, discover
-from statscache_exporter.store import Outbox, Pending, Queued
+from statscache_exporter.store import _LINE, Store
 
 NAME = "influx_write"
 TARGET_RATIO = 0.9
@@ -299,35 +302,28 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 # --- ours, instrumented ------------------------------------------------------------------------
 # Timed per batch only (a few perf_counter calls per 5000 points), never per line, so the
-# instrumented run is the run measured. The outbox's methods and the writer's write are timed
-# directly; send_batch builds each line once before _write (LineBuilder.line, after learning
-# new series' keys), so that and freeing batches are the rest: the whole run minus all of those.
+# instrumented run is the run measured. The parts overlap: drain() keeps a write in flight (in
+# its own thread) while it reads the next batch and acknowledges the last one.
 
 
 @dataclass
 class Split:
     read: float = 0.0  # Outbox.next_batch
-    state: float = 0.0  # Outbox.state (InfluxSink._refresh_state: about once a second)
-    write_total: float = 0.0  # InfluxSink._write: build the lines + writer.write
-    http: float = 0.0  # V1Writer.write: join, encode, POST, read the response
-    acknowledge: float = 0.0  # Outbox.acknowledge, Outbox.mark_failed
-    batches: int = 0  # calls of _write
+    state: float = 0.0  # Outbox.state (InfluxSink._refresh_state: every 30 s at most)
+    http: float = 0.0  # V1Writer.write: encode, POST, read the response
+    acknowledge: float = 0.0  # Outbox.acknowledge_batch, acknowledge, mark_failed
+    checkpoint: float = 0.0  # Outbox.checkpoint inside drain (every 100 batches)
+    checkpoint_after: float = 0.0  # the one the sender loop runs after drain (not in the run)
+    batches: int = 0  # calls of V1Writer.write
     state_calls: int = 0
-
-    @property
-    def build(self) -> float:
-        return self.write_total - self.http
-
-    def rest(self, total: float) -> float:
-        return total - self.read - self.state - self.write_total - self.acknowledge
 
 
 class TimedOutbox(Outbox):
-    def __init__(self, path: str | Path, resolution: int, split: Split) -> None:
-        super().__init__(path, resolution)
+    def __init__(self, path: str | Path, split: Split) -> None:
+        super().__init__(path)
         self.split = split
 
-    def next_batch(self, limit: int, after: tuple[int, int] | None = None) -> Queued:
+    def next_batch(self, limit: int, after: tuple[int, int] | None = None) -> Queued | None:
         t0 = time.perf_counter()
         try:
             return super().next_batch(limit, after)
@@ -355,6 +351,13 @@ class TimedOutbox(Outbox):
         finally:
             self.split.acknowledge += time.perf_counter() - t0
 
+    def checkpoint(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            super().checkpoint()
+        finally:
+            self.split.checkpoint += time.perf_counter() - t0
+
     def state(self) -> tuple[int, int, float | None]:
         t0 = time.perf_counter()
         try:
@@ -369,24 +372,31 @@ class TimedWriter(V1Writer):
         super().__init__(config)
         self.split = split
 
-    def write(self, lines: Sequence[str]) -> WriteResult:
+    def write(self, body: str) -> WriteResult:
         t0 = time.perf_counter()
         try:
-            return super().write(lines)
+            return super().write(body)
         finally:
             self.split.http += time.perf_counter() - t0
+            self.split.batches += 1
 
 
-class TimedSink(InfluxSink):
+@dataclass
+class Round:
+    number: int
+    plain_first: bool
+    ours: Run
+    plain: Run
     split: Split
 
-    def _write(self, batch: Sequence[tuple[Pending, str]]) -> WriteResult:
-        t0 = time.perf_counter()
-        try:
-            return super()._write(batch)
-        finally:
-            self.split.write_total += time.perf_counter() - t0
-            self.split.batches += 1
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "round": self.number,
+            "order": "plain first" if self.plain_first else "ours first",
+            "ours": self.ours.as_dict(),
+            "plain": self.plain.as_dict(),
+            "ratio": self.ours.rate / self.plain.rate,
+        }
 
 
 @dataclass
@@ -417,66 +427,58 @@ class Run:
 def run_ours(
     server: Influxd, pipeline: Pipeline, store_path: str, points: int
 ) -> tuple[Run, Split, int]:
-    """The sender's real code path, ``send_batch`` until the outbox is empty."""
+    """The sender thread's own path, ``drain`` until the outbox is empty."""
     split = Split()
     influx_config = pipeline.config.influxdb
-    outbox = TimedOutbox(store_path, 1, split)
-    sink = TimedSink(
-        influx_config,
-        store_path,
-        1,
-        pipeline.config.prometheus.prefix,
-        writer=TimedWriter(influx_config, split),
-    )
-    sink.split = split
+    outbox = TimedOutbox(store_path, split)
+    sink = InfluxSink(influx_config, store_path, writer=TimedWriter(influx_config, split))
     try:
         gc.collect()
         cpu0, server0 = time.process_time(), server.cpu_seconds()
         t0 = time.perf_counter()
-        # the sender thread's own path: drain() keeps one write in flight while it reads,
-        # builds and acknowledges the batches around it
         if sink.drain(outbox) < 0:
             raise RuntimeError(f"InfluxDB write failed: {sink.stats.last_error}")
         elapsed = time.perf_counter() - t0
         cpu, server_cpu = time.process_time() - cpu0, server.cpu_seconds() - server0
+        t1 = time.perf_counter()
+        Outbox.checkpoint(outbox)  # as InfluxSink._loop does after a drain
+        split.checkpoint_after = time.perf_counter() - t1
         pending = outbox.state()[0]
     finally:
         sink.writer.close()
         outbox.close()
-    if split.batches == 0 or split.http == 0:
-        log(
-            "  warning: InfluxSink._write or the writer was never called: the time split no "
-            "longer matches statscache_exporter/influx.py; everything is in 'rest'"
-        )
+    if split.batches == 0:
+        log("  warning: the writer was never called: the split no longer matches influx.py")
     if sink.stats.points_written != points:
         raise RuntimeError(f"the sink wrote {sink.stats.points_written:,} points, not {points:,}")
     run = Run("ours", points, elapsed, cpu, server_cpu, sink.stats.batches_written)
     return run, split, pending
 
 
-def collect_lines(store_path: str, prefix: str, config: InfluxConfig) -> tuple[list[str], float]:
-    """Every queued point's line, in the order the sender sends them (untimed for the plain
-    loop), and how long one ``LineBuilder.line`` pass over them took (a fresh builder: series
-    keys included), to compare with the sender's line-building parts."""
-    outbox = Outbox(store_path, 1)
+def collect_lines(store_path: str) -> list[str]:
+    """Every queued point's line, in the order the sender sends them (for the plain loop,
+    untimed)."""
+    db = sqlite3.connect(store_path)
     try:
-        pending = outbox.next_batch(2**62).rows
+        rows = db.execute("SELECT line FROM outbox WHERE failed = 0 ORDER BY start, series")
+        return [line for (line,) in rows]
     finally:
-        outbox.close()
-    builder = LineBuilder(prefix, config.tags)
-    outbox = Outbox(store_path, 1)
+        db.close()
+
+
+def line_building_seconds(store_path: str) -> float:
+    """What building the queued lines cost the flushes that queued them: the same SQL
+    expression over every queued bucket, as a query (the flushes also write the rows)."""
+    store = Store(store_path)  # registers the function the expression calls
     try:
-        for series, info in outbox.series_info({p.series for p in pending}).items():
-            builder.learn(series, info)
+        t0 = time.perf_counter()
+        store.db.execute(
+            f"SELECT sum(length({_LINE})) FROM outbox o JOIN buckets b ON b.series = o.series "
+            "AND b.resolution = 1 AND b.start = o.start JOIN influx_keys k ON k.series = o.series"
+        ).fetchone()
+        return time.perf_counter() - t0
     finally:
-        outbox.close()
-    t0 = time.perf_counter()
-    built = [builder.line(p) for p in pending]
-    one_pass = time.perf_counter() - t0
-    lines = [line for line in built if line is not None]
-    if len(lines) != len(built):
-        raise RuntimeError(f"{len(built) - len(lines)} generated points cannot be written")
-    return lines, one_pass
+        store.close()
 
 
 def run_plain(server: Influxd, lines: list[str], batch_size: int, timeout: float) -> Run:
@@ -532,9 +534,11 @@ def machine(server_version: str) -> dict[str, Any]:
     )
 
 
-def markdown(report: dict[str, Any], ours: Run, plain: Run, split: Split) -> str:
+def markdown(report: dict[str, Any], rounds: list[Round], middle: Round) -> str:
     m = report["machine"]
     ratio = report["ratio"]
+    medians = report["median_points_per_second"]
+    ours, plain, split = middle.ours, middle.plain, middle.split
     lines = [
         f"### {NAME}: outbox → InfluxDB vs a plain requests.post loop",
         "",
@@ -542,47 +546,55 @@ def markdown(report: dict[str, Any], ours: Run, plain: Run, split: Split) -> str
         f"InfluxDB {m['influxd']} · requests {m['requests']} · SQLite {m['sqlite']} · "
         f"{report['points']:,} points, {report['series']:,} series ({report['per_second']:,} a "
         f"second over {report['seconds']:,} s) · batch {report['batch_size']:,} · "
-        f"{report['order']} · seed {report['seed']} · load average {m['loadavg']} at start, "
-        f"{report['loadavg_end']} at end",
+        f"{len(rounds)} rounds, the order alternating · seed {report['seed']} · "
+        f"load average {m['loadavg']} at start, {report['loadavg_end']} at end",
         "",
-        "| sender | points | batches | seconds | points/s | client CPU s | influxd CPU s |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "Each round writes all the points with each sender, into freshly created databases, "
+        "ours from a fresh copy of the same store.",
+        "",
+        "| round | order | ours s | ours points/s | plain s | plain points/s | ratio |"
+        " ours client CPU s | plain client CPU s | influxd CPU s (ours, plain) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for run, what in (
-        (ours, "ours: `InfluxSink.drain` (one write in flight)"),
-        (plain, "plain `requests.post` loop, same lines"),
-    ):
+    for r in rounds:
         lines.append(
-            f"| {what} | {run.points:,} | {run.batches:,} | {run.seconds:.2f} | "
-            f"{run.rate:,.0f} | {run.client_cpu:.2f} | {run.influxd_cpu:.2f} |"
+            f"| {r.number} | {'plain first' if r.plain_first else 'ours first'} "
+            f"| {r.ours.seconds:.2f} | {r.ours.rate:,.0f} | {r.plain.seconds:.2f} "
+            f"| {r.plain.rate:,.0f} | {r.ours.rate / r.plain.rate:.3f} "
+            f"| {r.ours.client_cpu:.2f} | {r.plain.client_cpu:.2f} "
+            f"| {r.ours.influxd_cpu:.2f}, {r.plain.influxd_cpu:.2f} |"
         )
+    ours_rate, plain_rate = medians["ours"], medians["plain"]
     verdict = "PASS" if ratio >= TARGET_RATIO else "FAIL"
     lines += [
         "",
-        "| target | ours points/s | plain points/s | ratio ours/plain | target | result |",
+        "| target | ours points/s (median) | plain points/s (median) | ratio of the medians "
+        "| target | result |",
         "|---|---:|---:|---:|---:|---|",
-        f"| {report['points']:,} points | {ours.rate:,.0f} | {plain.rate:,.0f} | {ratio:.3f} "
+        f"| {report['points']:,} points | {ours_rate:,.0f} | {plain_rate:,.0f} | {ratio:.3f} "
         f"| >= {TARGET_RATIO} | {verdict} |",
         "",
-        f"Where our sender's {ours.seconds:.2f} s go ({split.batches:,} batches):",
+        f"Time in each part of our sender in round {middle.number} (its median run, "
+        f"{split.batches:,} batches). The parts overlap: "
+        "a write is in flight (in its own thread) while the next batch is read and the last "
+        "one acknowledged, so they add up to more than the run.",
         "",
-        "| part | what is timed | seconds | share | ms per batch |",
+        "| part | what is timed | seconds | of the run | ms per batch |",
         "|---|---|---:|---:|---:|",
     ]
     parts = [
-        ("read the outbox", "`Outbox.next_batch` (a range of the outbox, by time)", split.read),
+        ("read the outbox", "`Outbox.next_batch`: a range of lines, as one text", split.read),
         (
             "outbox size",
             f"`Outbox.state` ({split.state_calls} calls, by `_refresh_state`)",
             split.state,
         ),
-        ("`_write` minus `write`", "counting (lines are built before `_write`)", split.build),
-        ("HTTP", "`V1Writer.write`: join, encode, POST, response", split.http),
+        ("HTTP", "`V1Writer.write`: encode, POST, response", split.http),
         ("acknowledge", "`Outbox.acknowledge_batch` (one range DELETE)", split.acknowledge),
         (
-            "rest of `send_batch`",
-            "building lines (`LineBuilder.line`), new series' keys, freeing batches",
-            split.rest(ours.seconds),
+            "checkpoint",
+            "`Outbox.checkpoint`: the store's WAL into the database, every 100 batches",
+            split.checkpoint,
         ),
     ]
     for name, what, seconds in parts:
@@ -590,22 +602,20 @@ def markdown(report: dict[str, Any], ours: Run, plain: Run, split: Split) -> str
             f"| {name} | {what} | {seconds:.2f} | {seconds / ours.seconds:.1%} "
             f"| {seconds / max(1, split.batches) * 1e3:.2f} |"
         )
-    joined, one_pass = report["join_encode_seconds"], report["one_line_pass_seconds"]
-    sqlite_part = split.read + split.state + split.acknowledge
+    joined, building = report["join_encode_seconds"], report["line_building_seconds"]
     lines += [
         f"| plain loop, all of it | join, encode, POST, response | {plain.seconds:.2f} "
         f"| {plain.seconds / ours.seconds:.1%} "
         f"| {plain.seconds / max(1, plain.batches) * 1e3:.2f} |",
         "",
-        f"- one `LineBuilder.line` pass over the {report['points']:,} points takes "
-        f"{one_pass:.2f} s (measured apart, series keys already learnt); the rest of "
-        "`send_batch` holds that pass, learning new series' keys and freeing each batch",
-        f"- of the HTTP step, joining and encoding the bodies alone takes {joined:.3f} s "
-        "(measured apart, the same in both senders); the rest is requests and InfluxDB",
-        f"- our time over the plain loop: {ours.seconds - plain.seconds:+.2f} s, of which the "
-        f"store (read, size, acknowledge) {sqlite_part:.2f} s and Python around it "
-        f"{ours.seconds - split.http - sqlite_part:.2f} s; our HTTP step vs the whole plain "
-        f"loop: {split.http - plain.seconds:+.2f} s",
+        f"- the lines were built by the flushes that queued the points, in SQLite; that part "
+        f"of their work, measured apart as a query over the {report['points']:,} queued "
+        f"points, takes {building:.2f} s ({building / report['points'] * 1e6:.2f} µs a point)",
+        f"- after the drain, the sender's loop checkpoints the store's WAL (what the last "
+        f"acknowledgements wrote): {split.checkpoint_after:.2f} s, not in the run (every point "
+        "is in InfluxDB by then)",
+        f"- joining and encoding the plain loop's bodies alone takes {joined:.3f} s "
+        "(measured apart); the rest of its time is requests and InfluxDB",
     ]
     v = report["verification"]
     lines.append(
@@ -635,14 +645,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--plain-first",
         action="store_true",
-        help="time the plain loop before ours (default: ours first), to see order effects",
+        help="start with the plain loop (default: ours first); later rounds alternate",
     )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of both senders (default 3)")
     parser.add_argument("--seed", type=int, default=20240601, help="default 20240601")
     parser.add_argument("--influxd", default=shutil.which("influxd"), help="default: on PATH")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures here")
     args = parser.parse_args(argv)
-    if args.points < 1 or args.batch_size < 1 or args.per_second < 1:
-        parser.error("--points, --per-second and --batch-size must be at least 1")
+    if min(args.points, args.batch_size, args.per_second, args.rounds) < 1:
+        parser.error("--points, --per-second, --batch-size and --rounds must be at least 1")
     if not args.influxd or not Path(args.influxd).exists():
         log(
             "influxd not found (on PATH or --influxd): this benchmark needs a local InfluxDB 1.x "
@@ -689,42 +700,71 @@ def run(args: argparse.Namespace, root: Path, server: Influxd, started: str) -> 
     finally:
         pipeline.store.close()
     prefix = cfg.prometheus.prefix
-    lines, one_pass = collect_lines(store_path, prefix, cfg.influxdb)
+    lines = collect_lines(store_path)
+    building = line_building_seconds(store_path)
     if len(lines) != args.points:
         raise RuntimeError(f"the outbox holds {len(lines):,} points, not {args.points:,}")
     log(f"  {len(lines):,} lines, {sum(map(len, lines)) / len(lines):.0f} characters on average")
 
     timeout = cfg.influxdb.timeout.total_seconds()
+    expected = {prefix + name: v for name, v in data.expected.items()}
+    pristine = root / "store.pristine.sqlite"
+    shutil.copyfile(store_path, pristine)  # closed: its WAL is checkpointed and gone
+
+    def fresh(db: str) -> None:
+        server.query(f'DROP DATABASE "{db}"')
+        server.query(f'CREATE DATABASE "{db}"')
 
     def plain_run() -> Run:
+        fresh(DB_PLAIN)
         log(f"plain: requests.post loop into {DB_PLAIN}")
         plain = run_plain(server, lines, args.batch_size, timeout)
         log(f"  {plain.seconds:.2f} s, {plain.rate:,.0f} points/s")
         return plain
 
-    if args.plain_first:
-        plain = plain_run()
-    log(f"ours: InfluxSink.drain into {DB_OURS}")
-    ours, split, pending = run_ours(server, pipeline, store_path, args.points)
-    log(f"  {ours.seconds:.2f} s, {ours.rate:,.0f} points/s; outbox now holds {pending:,}")
-    if not args.plain_first:
-        plain = plain_run()
+    def ours_run() -> tuple[Run, Split, int]:
+        fresh(DB_OURS)
+        for suffix in ("", "-wal", "-shm"):
+            Path(store_path + suffix).unlink(missing_ok=True)
+        shutil.copyfile(pristine, store_path)
+        log(f"ours: InfluxSink.drain into {DB_OURS}")
+        ours, split, pending = run_ours(server, pipeline, store_path, args.points)
+        log(f"  {ours.seconds:.2f} s, {ours.rate:,.0f} points/s; outbox now holds {pending:,}")
+        return ours, split, pending
+
+    rounds: list[Round] = []
+    problems: list[str] = []
+    for number in range(1, args.rounds + 1):
+        plain_first = args.plain_first != (number % 2 == 0)  # alternate the order
+        log(f"round {number} of {args.rounds} ({'plain' if plain_first else 'ours'} first)")
+        plain = plain_run() if plain_first else None
+        ours, split, pending = ours_run()
+        plain = plain or plain_run()
+        rounds.append(Round(number, plain_first, ours, plain, split))
+        in_ours, in_plain = contents(server, DB_OURS), contents(server, DB_PLAIN)
+        if not in_ours == in_plain == expected or pending:
+            problems.append(
+                f"round {number}: expected {expected}, ours {in_ours}, plain {in_plain}, "
+                f"outbox pending after ours {pending}"
+            )
+            log(f"  MISMATCH: {problems[-1]}")
     joined = join_encode_seconds(lines, args.batch_size)
 
-    log("verifying both databases")
-    expected = {prefix + name: v for name, v in data.expected.items()}
-    in_ours, in_plain = contents(server, DB_OURS), contents(server, DB_PLAIN)
+    ok = not problems
     total_sum = sum(v[1] for v in expected.values())
-    ok = in_ours == in_plain == expected and pending == 0
     if ok:
         summary = (
-            f"both databases hold {args.points:,} points, sum of counts {total_sum:,}, equal per "
-            f"measurement ({len(expected)} measurements) to what was put in; outbox empty after"
+            f"after every round both databases hold {args.points:,} points, sum of counts "
+            f"{total_sum:,}, equal per measurement ({len(expected)} measurements) to what was "
+            "put in; the outbox empty after each of our runs"
         )
     else:
         summary = "the databases do not hold the points put in"
-        log(f"  expected {expected}\n  ours     {in_ours}\n  plain    {in_plain}")
-        log(f"  outbox pending after our run: {pending}")
+    ours_rate = statistics.median(r.ours.rate for r in rounds)
+    plain_rate = statistics.median(r.plain.rate for r in rounds)
+    ratio = ours_rate / plain_rate
+    middle = sorted(rounds, key=lambda r: r.ours.rate)[len(rounds) // 2]  # for the split
+    ours, plain, split = middle.ours, middle.plain, middle.split
     report: dict[str, Any] = {
         "benchmark": NAME,
         "date": started,
@@ -734,35 +774,31 @@ def run(args: argparse.Namespace, root: Path, server: Influxd, started: str) -> 
         "per_second": data.per_second,
         "seconds": data.seconds,
         "batch_size": args.batch_size,
-        "order": "plain first" if args.plain_first else "ours first",
+        "rounds": args.rounds,
+        "first_round_order": "plain first" if args.plain_first else "ours first",
         "seed": args.seed,
         "unit": "points/s",
-        "results": [ours.as_dict(), plain.as_dict()],
-        "ratio": ours.rate / plain.rate,
+        "results": [r.as_dict() for r in rounds],
+        "median_points_per_second": {"ours": ours_rate, "plain": plain_rate},
+        "ratio": ratio,
         "target_ratio": TARGET_RATIO,
-        "pass": ours.rate / plain.rate >= TARGET_RATIO,
+        "pass": ratio >= TARGET_RATIO,
+        "split_round": middle.number,
         "split_seconds": {
             "read_outbox": round(split.read, 4),
             "outbox_state": round(split.state, 4),
-            "build_lines_in_write": round(split.build, 4),
             "http": round(split.http, 4),
             "acknowledge": round(split.acknowledge, 4),
-            "rest_of_send_batch": round(split.rest(ours.seconds), 4),
+            "checkpoint": round(split.checkpoint, 4),
+            "checkpoint_after_drain": round(split.checkpoint_after, 4),
         },
         "join_encode_seconds": joined,
-        "one_line_pass_seconds": one_pass,
+        "line_building_seconds": building,
         "state_calls": split.state_calls,
-        "verification": {
-            "ok": ok,
-            "summary": summary,
-            "expected": expected,
-            DB_OURS: in_ours,
-            DB_PLAIN: in_plain,
-            "outbox_pending_after": pending,
-        },
+        "verification": {"ok": ok, "summary": summary, "expected": expected, "problems": problems},
     }
     report["loadavg_end"] = loadavg()
-    text = markdown(report, ours, plain, split)
+    text = markdown(report, rounds, middle)
     report["markdown"] = text
     report["ok"] = ok
     sys.stdout.write(text)

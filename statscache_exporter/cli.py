@@ -26,7 +26,7 @@ from statscache_exporter import __version__, logs
 from statscache_exporter import config as configuration
 from statscache_exporter.config import Config, ConfigError
 from statscache_exporter.plugin import PluginError, discover
-from statscache_exporter.store import StoreError
+from statscache_exporter.store import Reader, StoreError
 
 log = logging.getLogger("statscache_exporter")
 
@@ -118,10 +118,12 @@ def _replay(config: Config, args: argparse.Namespace) -> int:
             sink.stop()  # sends what is queued, within influxdb.shutdown_timeout
         summary = _summary(pipeline, read_count, time.monotonic() - started)
         if sink is not None:
+            pending, set_aside, _ = Reader(pipeline.store.path).outbox_state()
             summary["influxdb"] = {
                 "points_written": sink.stats.points_written,
                 "points_refused": sink.stats.points_refused,
-                "pending": sink.stats.pending,
+                "set_aside": set_aside,
+                "pending": pending,
                 "late_unsent": pipeline.stats.outbox_late,
             }
     finally:
@@ -180,7 +182,7 @@ def _print_summary(s: dict[str, Any]) -> None:
         i = s["influxdb"]
         print(
             f"influxdb: {i['points_written']} points written, {i['points_refused']} refused, "
-            f"{i['pending']} still queued (sent at the next run)"
+            f"{i['set_aside']} set aside in all, {i['pending']} still queued (sent at the next run)"
         )
     print(f"took {s['seconds']:.2f} s")
 

@@ -8,11 +8,12 @@ value as the float field ``value``. InfluxDB overwrites a point with the same se
 so a bucket that changes is simply written again with its new full value, and a batch sent
 twice is harmless.
 
-Delivery: the flush that changes a bucket also queues it in the store's outbox, in the same
-transaction. This sender, a thread with its own SQLite connection, reads the oldest queued
-buckets with their current values, writes them, and unqueues each only if it has not changed
-since it was read. Connection errors, 5xx and 429 are retried with exponential backoff and
-jitter (``Retry-After`` honoured); a 400 is bisected down to the lines InfluxDB refuses, which
+Delivery: the flush that changes a bucket also queues its line in the store's outbox, in the
+same transaction (the series' keys come from :class:`LineKeys`). This sender, a thread with its
+own SQLite connection, reads the oldest queued lines as one request body, writes them, and
+unqueues each only if it has not changed since it was read (``outbox.py``). Connection
+errors, 5xx and 429 are retried with exponential backoff and jitter (``Retry-After``
+honoured); a 400 is bisected down to the lines InfluxDB refuses, which
 are logged and set aside, so they never block the rest. Message processing never waits for it.
 """
 
@@ -35,9 +36,12 @@ from influxdb_client.domain.write_precision import WritePrecision
 from requests.structures import CaseInsensitiveDict
 
 from statscache_exporter.config import InfluxConfig
-from statscache_exporter.store import Outbox, Pending, Queued, SeriesInfo
+from statscache_exporter.outbox import Outbox, Pending, Queued
 
 log = logging.getLogger(__name__)
+
+#: acknowledged batches between checkpoints of the store's WAL while a backlog drains
+CHECKPOINT_EVERY = 100
 
 
 # --- lines -------------------------------------------------------------------------------------
@@ -51,38 +55,33 @@ def representable(tag_value: str) -> bool:
     return not (any(c in tag_value for c in "\n\r\t") or tag_value.endswith("\\"))
 
 
-class LineBuilder:
-    """Line protocol for queued buckets. influxdb-client's ``Point`` escapes the measurement and
-    tags; it builds each series' key once (about 12 µs), then each point is its key, field and
-    time."""
+class LineKeys:
+    """The escaped measurement and tags of each series: what the store puts before a point's
+    field and time in its line (see store.py, ``influx_keys``). Built with influxdb-client's
+    ``Point``, once per series (about 12 µs)."""
 
     def __init__(self, prefix: str, tags: Mapping[str, str]) -> None:
         self.prefix = prefix
         self.tags = dict(tags)
-        self._keys: dict[int, str | None] = {}  # series id → key, None if unwritable
-        self._counter: dict[int, bool] = {}
 
-    def known(self, series: int) -> bool:
-        return series in self._keys
+    @property
+    def fingerprint(self) -> str:
+        """What the keys depend on: stored keys built under another one are rebuilt."""
+        return json.dumps([self.prefix, sorted(self.tags.items())])
 
-    def learn(self, series: int, info: SeriesInfo) -> None:
-        self._keys[series] = self._series_key(info)
-        self._counter[series] = info.kind == "counter"
-
-    def line(self, p: Pending) -> str | None:
-        """The point's line, or None if its series cannot be written faithfully."""
-        key = self._keys[p.series]
-        if key is None:
-            return None
-        if self._counter[p.series]:
-            return f"{key} count={int(p.value)}i {p.start}"
-        return f"{key} value={float(p.value)!r} {p.start}"
-
-    def _series_key(self, info: SeriesInfo) -> str | None:
-        tags = {**self.tags, **json.loads(info.labels)}
+    def series_key(self, metric: str, labels: str) -> str | None:
+        """``<measurement>[,<tag>=<value>...]`` for a metric and its labels (JSON), or None if
+        line protocol cannot carry its tags faithfully."""
+        tags = {**self.tags, **json.loads(labels)}
         if any(not representable(value) for value in tags.values()):
+            log.error(
+                "series %s%s has a tag value InfluxDB line protocol cannot carry (newline, "
+                "carriage return, tab or a trailing backslash): its points are set aside",
+                metric,
+                labels,
+            )
             return None
-        point = Point(self.prefix + info.metric)
+        point = Point(self.prefix + metric)
         for name, value in tags.items():
             point.tag(name, value)
         # "<measurement>[,tags] <field> <time>": the key is all before the last two spaces
@@ -106,7 +105,9 @@ class WriteResult:
 
 
 class Writer(Protocol):
-    def write(self, lines: Sequence[str]) -> WriteResult: ...
+    def write(self, body: str) -> WriteResult:
+        """POST lines (one request body, lines joined by newlines)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -148,14 +149,14 @@ class V1Writer:
             self.params.update(u=config.username, p=config.password)
         self._database_checked = not config.create_database
 
-    def write(self, lines: Sequence[str]) -> WriteResult:
+    def write(self, body: str) -> WriteResult:
         if not self._database_checked:
             self._create_database()
         try:
             response = self.session.post(
                 self.url,
                 params=self.params,
-                data="\n".join(lines).encode("utf-8"),
+                data=body.encode("utf-8"),
                 timeout=self.config.timeout.total_seconds(),
             )
         except requests.RequestException as exc:
@@ -200,7 +201,7 @@ class V2Writer:
         )
         self.api = self.client.write_api(write_options=SYNCHRONOUS)
 
-    def write(self, lines: Sequence[str]) -> WriteResult:
+    def write(self, body: str) -> WriteResult:
         from influxdb_client.rest import ApiException
         from urllib3.exceptions import HTTPError
 
@@ -208,7 +209,7 @@ class V2Writer:
             self.api.write(
                 bucket=self.config.bucket,
                 org=self.config.org,
-                record="\n".join(lines),
+                record=body,
                 write_precision=cast(WritePrecision, WritePrecision.S),
             )
         except ApiException as exc:
@@ -252,15 +253,11 @@ class InfluxSink:
         self,
         config: InfluxConfig,
         store_path: str,
-        resolution: int,
-        prefix: str,
         writer: Writer | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.store_path = store_path
-        self.resolution = resolution
-        self.lines = LineBuilder(prefix, config.tags)
         self.writer = writer if writer is not None else make_writer(config)
         self.clock = clock
         self.stats = SinkStats()
@@ -297,7 +294,7 @@ class InfluxSink:
         """Send until stopped; an unexpected error (a locked store, a bug) is logged and the
         sender starts over after a pause, since everything it had not finished is still queued."""
         while True:
-            outbox = Outbox(self.store_path, self.resolution)
+            outbox = Outbox(self.store_path)
             try:
                 self._loop(outbox)
                 return
@@ -314,13 +311,16 @@ class InfluxSink:
             if self.stopping.is_set() and deadline is None:
                 deadline = time.monotonic() + self.config.shutdown_timeout.total_seconds()
             sent = self.drain(outbox, deadline)
+            if sent != 0:
+                outbox.checkpoint()  # what the acknowledgements wrote, now that InfluxDB rests
             self._refresh_state(outbox)
             if deadline is not None and (sent == 0 or time.monotonic() >= deadline):
-                if self.stats.pending:
+                pending = outbox.state()[0]
+                if pending:
                     log.warning(
                         "stopping with %d points not yet in InfluxDB; they stay queued in the "
                         "store and go out at the next start",
-                        self.stats.pending,
+                        pending,
                     )
                 return
             if sent > 0:
@@ -332,120 +332,91 @@ class InfluxSink:
             self.wake.clear()
 
     def drain(self, outbox: Outbox, deadline: float | None = None) -> int:
-        """Send until the outbox is empty (or the deadline passes), keeping one write in flight
-        while the next batch is read and built and the last one acknowledged, as a plain loop of
-        POSTs keeps InfluxDB busy. Returns what was sent, or -1 if InfluxDB is away (a batch
-        read ahead is then dropped and read again later: nothing was acknowledged for it)."""
-        in_flight: tuple[Queued, list[tuple[Pending, str]], Future[WriteResult]] | None = None
+        """Send until the outbox is empty (or the deadline passes), keeping a write in flight
+        while the next batch is read and the last one acknowledged, as a plain loop of POSTs
+        keeps InfluxDB busy. Returns what was sent, or -1 if InfluxDB is away (a batch read
+        ahead is then dropped and read again later: nothing was acknowledged for it)."""
+        in_flight: tuple[Queued, Future[WriteResult]] | None = None
         after: tuple[int, int] | None = None
-        total = 0
+        total = acknowledged = 0
         while True:
-            self._refresh_state(outbox)
             late = deadline is not None and time.monotonic() >= deadline
-            queued = Queued([], 0) if late else outbox.next_batch(self.config.batch_size, after)
-            lines = self.prepare(outbox, queued) if queued.rows else []
+            ahead = None if late else outbox.next_batch(self.config.batch_size, after)
+            if ahead is not None:
+                after = ahead.last
             if in_flight is not None:
-                sent = self.settle(outbox, *in_flight[:2], in_flight[2].result())
+                batch, future = in_flight
+                result = future.result()
                 in_flight = None
+                if result.ok and ahead is not None:  # send it before acknowledging this one
+                    in_flight, ahead = (ahead, self._writes.submit(self._write, ahead)), None
+                sent = self.settle(outbox, batch, result)
                 if sent < 0:
                     return -1
                 total += sent
-            if not queued.rows:
+                acknowledged += 1
+                if acknowledged % CHECKPOINT_EVERY == 0:
+                    outbox.checkpoint()
+            if ahead is not None:
+                in_flight = (ahead, self._writes.submit(self._write, ahead))
+            self._refresh_state(outbox)  # while a write is in flight
+            if in_flight is None:
                 return total
-            after = queued.last
-            if lines:
-                in_flight = (queued, lines, self._writes.submit(self._write, lines))
-            else:
-                total += len(queued.rows)  # all set aside by prepare()
 
     # --- one batch -----------------------------------------------------------------------
 
     def send_batch(self, outbox: Outbox) -> int:
-        """Send the oldest queued buckets: their number, 0 if none, -1 if InfluxDB is away."""
+        """Send the oldest queued points: their number, 0 if none, -1 if InfluxDB is away."""
         self._refresh_state(outbox)
-        queued = outbox.next_batch(self.config.batch_size)
-        if not queued.rows:
+        batch = outbox.next_batch(self.config.batch_size)
+        if batch is None:
             return 0
-        lines = self.prepare(outbox, queued)
-        if not lines:
-            return len(queued.rows)
-        return self.settle(outbox, queued, lines, self._write(lines))
+        return self.settle(outbox, batch, self._write(batch))
 
-    def prepare(self, outbox: Outbox, queued: Queued) -> list[tuple[Pending, str]]:
-        """The batch's lines; points no line can carry are set aside at once."""
-        unknown = {p.series for p in queued.rows if not self.lines.known(p.series)}
-        if unknown:
-            for series, info in outbox.series_info(unknown).items():
-                self.lines.learn(series, info)
-        line = self.lines.line
-        batch = [(p, text) for p in queued.rows if (text := line(p)) is not None]
-        if len(batch) < len(queued.rows):
-            self._refuse([p for p in queued.rows if line(p) is None], outbox, queued.seq)
-        return batch
-
-    def settle(
-        self,
-        outbox: Outbox,
-        queued: Queued,
-        batch: list[tuple[Pending, str]],
-        result: WriteResult,
-    ) -> int:
+    def settle(self, outbox: Outbox, batch: Queued, result: WriteResult) -> int:
         """Act on InfluxDB's answer to a batch: what :meth:`send_batch` returns."""
         if result.ok:
-            outbox.acknowledge_batch(queued)
-            self._sent(len(batch))
-            return len(queued.rows)
+            outbox.acknowledge_batch(batch)
+            self._sent(batch.count)
+            return batch.count
         if result.bad_data:
-            good, refused = self._bisect(batch)
-            outbox.acknowledge(good, queued.seq)
-            outbox.mark_failed(refused, queued.seq)
+            good, refused = self._bisect(outbox.points(batch))
+            outbox.acknowledge(good, batch.seq)
+            outbox.mark_failed(refused, batch.seq)
             self._sent(len(good))
-            return len(queued.rows)
-        self._failed(result, len(batch))
+            return batch.count
+        self._failed(result, batch.count)
         return -1
 
     def _sent(self, count: int) -> None:
         self.stats.pending = max(0, self.stats.pending - count)
         self._recovered()
 
-    def _refuse(self, unwritable: Sequence[Pending], outbox: Outbox, seq: int) -> None:
-        self.stats.points_refused += len(unwritable)
-        log.error(
-            "%d points have a tag value InfluxDB line protocol cannot carry (newline, carriage "
-            "return, tab or a trailing backslash), set aside; e.g. series %d at %d",
-            len(unwritable),
-            unwritable[0].series,
-            unwritable[0].start,
-        )
-        outbox.mark_failed(unwritable, seq)
+    def _write(self, batch: Queued) -> WriteResult:
+        return self._counted(self.writer.write(batch.body), batch.count)
 
-    def _write(self, batch: Sequence[tuple[Pending, str]]) -> WriteResult:
-        result = self.writer.write([line for _, line in batch])
+    def _counted(self, result: WriteResult, points: int) -> WriteResult:
         if result.ok:
-            self.stats.points_written += len(batch)
+            self.stats.points_written += points
             self.stats.batches_written += 1
         return result
 
-    def _bisect(self, batch: Sequence[tuple[Pending, str]]) -> tuple[list[Pending], list[Pending]]:
+    def _bisect(self, batch: Sequence[Pending]) -> tuple[list[Pending], list[Pending]]:
         """Split a batch InfluxDB refused until each refused line stands alone: (written,
         refused). A good point written twice on the way is harmless: it overwrites itself."""
         if len(batch) == 1:
             self.stats.points_refused += 1
-            log.error(
-                "InfluxDB refused a point, set aside (it is still in the store): %s", batch[0][1]
-            )
-            return [], [batch[0][0]]
+            log.error("InfluxDB refused a point, set aside (it is in the store): %s", batch[0].line)
+            return [], [batch[0]]
         half = len(batch) // 2
         good_a, bad_a = self._bisect_half(batch[:half])
         good_b, bad_b = self._bisect_half(batch[half:])
         return good_a + good_b, bad_a + bad_b
 
-    def _bisect_half(
-        self, half: Sequence[tuple[Pending, str]]
-    ) -> tuple[list[Pending], list[Pending]]:
-        result = self._write(half)
+    def _bisect_half(self, half: Sequence[Pending]) -> tuple[list[Pending], list[Pending]]:
+        result = self._counted(self.writer.write("\n".join(p.line for p in half)), len(half))
         if result.ok:
-            return [p for p, _ in half], []
+            return list(half), []
         if result.bad_data:
             return self._bisect(half)
         return [], []  # InfluxDB went away meanwhile: leave them queued
@@ -480,11 +451,11 @@ class InfluxSink:
 
     def _refresh_state(self, outbox: Outbox) -> None:
         """Re-count the outbox (for the max_pending gate): after a flush queued more, at most
-        once a second, else every 10 s; between counts, acknowledgements are subtracted. The
-        self-metrics count it themselves at each scrape."""
+        every 5 s, else every 30 s (a count scans the outbox); between counts, acknowledgements
+        are subtracted. The self-metrics count it themselves at each scrape."""
         now = self.clock()
         age = now - self.stats.state_checked
-        if age < (1.0 if self._flushed else 10.0) and not self.stopping.is_set():
+        if age < (5.0 if self._flushed else 30.0):
             return
         self._flushed = False
         pending = self.stats.pending = outbox.state()[0]

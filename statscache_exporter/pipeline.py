@@ -369,7 +369,16 @@ def open_pipeline(config: Config, available: Mapping[str, type[Plugin]] | None =
         store.close()
         raise
     if config.influxdb.enabled:
-        pipeline.outbox_resolution = config.resolutions()[0]
+        from statscache_exporter.influx import LineKeys
+
+        keys = LineKeys(config.prometheus.prefix, config.influxdb.tags)
+        resolution = config.resolutions()[0]
+        try:
+            store.prepare_outbox(resolution, keys.fingerprint, keys.series_key)
+        except BaseException:
+            store.close()
+            raise
+        pipeline.outbox_resolution = resolution
     return pipeline
 
 
@@ -380,12 +389,7 @@ def influx_sink_for(pipeline: Pipeline) -> InfluxSink | None:
         return None
     from statscache_exporter.influx import InfluxSink
 
-    sink = InfluxSink(
-        config.influxdb,
-        str(config.store.path),
-        config.resolutions()[0],
-        config.prometheus.prefix,
-    )
+    sink = InfluxSink(config.influxdb, str(config.store.path))
     pipeline.listeners.append(sink.notify)
     pipeline.outbox_accepting = sink.accepting
     return sink

@@ -179,7 +179,11 @@ class SelfMetrics:
         pending, failed, oldest = Reader(self.pipeline.store.path).outbox_state()
         gauges: list[tuple[str, str, float]] = [
             ("influxdb_pending_points", "Buckets queued for InfluxDB", pending),
-            ("influxdb_failed_points", "Queued buckets InfluxDB refused, set aside", failed),
+            (
+                "influxdb_failed_points",
+                "Buckets set aside: refused by InfluxDB, or tags line protocol cannot carry",
+                failed,
+            ),
             ("influxdb_up", "1 if the last write to InfluxDB went through", float(s.connected)),
         ]
         if oldest is not None:

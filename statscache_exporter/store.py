@@ -13,7 +13,10 @@ Tables:
 - ``totals``: series → cumulative count (counters) or current value (gauges).
 - ``seen``: ids of processed messages, kept for the dedup window (by the time they were stored).
 - ``outbox``: base-resolution buckets changed since InfluxDB last acknowledged them (only when
-  the InfluxDB sink is on); queued in the flush that changes the bucket, removed by the sender.
+  the InfluxDB sink is on), each with its line of line protocol; queued in the flush that
+  changes the bucket, removed by the sender (``outbox.py``).
+- ``influx_keys``: series → its escaped measurement and tags, from which the flush builds the
+  lines; NULL for a series line protocol cannot carry (its points are queued as failed).
 - ``meta``: schema version and the checkpoint ``covered_until``.
 """
 
@@ -22,18 +25,19 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import quote
 
 from statscache_exporter.aggregate import Batch, GaugeValue, Series, SeriesKey
+from statscache_exporter.outbox import outbox_state
 from statscache_exporter.plugin import Metric
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -69,11 +73,16 @@ CREATE TABLE IF NOT EXISTS outbox (
     series INTEGER NOT NULL,
     seq INTEGER NOT NULL DEFAULT 0,
     failed INTEGER NOT NULL DEFAULT 0,
-    value NOT NULL,
     since REAL NOT NULL,
+    line TEXT,
     PRIMARY KEY (start, series)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS outbox_age ON outbox (failed, since);
+CREATE INDEX IF NOT EXISTS outbox_failed ON outbox (failed) WHERE failed = 1;
+CREATE TABLE IF NOT EXISTS influx_keys (
+    series INTEGER PRIMARY KEY REFERENCES series(id),
+    key TEXT,
+    counter INTEGER NOT NULL
+);
 """
 
 _ADD_COUNT = """
@@ -87,16 +96,38 @@ SET value = excluded.value, ts = excluded.ts, msg_id = excluded.msg_id
 WHERE (excluded.ts, excluded.msg_id) > (buckets.ts, buckets.msg_id)
 """
 _SET_TOTAL = "INSERT OR REPLACE INTO totals (series, value, ts, msg_id) VALUES (?, ?, ?, ?)"
-# A bucket changed: (re)queue it for InfluxDB with its full value as this flush leaves it,
-# stamped with the flush's sequence number. The sender unqueues only rows stamped no later than
-# the flush it had seen when it read them: a change while they were in flight keeps them queued.
+# A bucket's point in line protocol: its series' key, its full value as a field (an integer
+# count, or a float gauge in Python's shortest exact form) and its start (precision: seconds).
+# NULL when the series has no key.
+_LINE = (
+    "k.key || CASE WHEN k.counter THEN ' count=' || CAST(b.value AS INTEGER) || 'i ' "
+    "ELSE ' value=' || influx_float(b.value) || ' ' END || b.start"
+)
+# A bucket changed: (re)queue it for InfluxDB with its line as this flush leaves it, stamped
+# with the flush's sequence number. The sender unqueues only rows stamped no later than the
+# flush it had seen when it read them: a change while they were in flight keeps them queued.
 # Rows are clustered by time, so a batch is one range read and one range delete.
-_QUEUE = """
-INSERT INTO outbox (start, series, seq, value, since)
-SELECT start, series, ?, value, ? FROM buckets WHERE series = ? AND resolution = ? AND start = ?
+_QUEUE = f"""
+INSERT INTO outbox (start, series, seq, failed, since, line)
+SELECT b.start, b.series, ?, k.key IS NULL, ?, {_LINE}
+FROM buckets b LEFT JOIN influx_keys k ON k.series = b.series
+WHERE b.series = ? AND b.resolution = ? AND b.start = ?
 ON CONFLICT (start, series) DO UPDATE
-SET seq = excluded.seq, failed = 0, value = excluded.value
+SET seq = excluded.seq, failed = excluded.failed, line = excluded.line
 """
+_RELINE = f"""
+UPDATE outbox SET line = (
+    SELECT {_LINE} FROM buckets b JOIN influx_keys k ON k.series = b.series
+    WHERE b.series = outbox.series AND b.resolution = ? AND b.start = outbox.start
+) WHERE failed = 0
+"""
+
+#: (metric, labels JSON) → the series' escaped measurement and tags, None if unwritable
+LineKey = Callable[[str, str], "str | None"]
+
+
+def _influx_float(value: float) -> str:
+    return repr(float(value))
 
 
 class StoreError(Exception):
@@ -132,10 +163,12 @@ class Store:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute(f"PRAGMA synchronous={synchronous}")
             self.db.execute("PRAGMA foreign_keys=ON")
+            self.db.create_function("influx_float", 1, _influx_float, deterministic=True)
             self._migrate()
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
         self._series_ids: dict[SeriesKey, int] = {}
+        self._line_key: LineKey | None = None
         #: resolution → the bucket start before which retention has pruned
         self._pruned_before = {
             int(key.split(":")[1]): int(value)
@@ -167,28 +200,61 @@ class Store:
             if "created" not in columns:  # schema 1 → 2
                 self.db.execute("ALTER TABLE series ADD COLUMN created REAL NOT NULL DEFAULT 0")
             outbox_columns = {r[1] for r in self.db.execute("PRAGMA table_info(outbox)")}
-            if "seq" not in outbox_columns:  # schema 3 → 4: by time, value and seq inside
-                self._rebuild_outbox()
+            if "line" not in outbox_columns:  # schema 3/4 → 5: lines built at queue time
+                self._rebuild_outbox("seq" in outbox_columns)
             self.db.execute(
                 "INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE "
                 "SET value = excluded.value",
                 (str(SCHEMA_VERSION),),
             )
 
-    def _rebuild_outbox(self) -> None:
-        self.db.execute("ALTER TABLE outbox RENAME TO outbox_3")
-        self.db.execute("DROP INDEX IF EXISTS outbox_pending")
-        self.db.execute("DROP INDEX IF EXISTS outbox_age")
+    def _rebuild_outbox(self, has_seq: bool) -> None:
+        """Carry the queue over; the lines are built by :meth:`prepare_outbox`, which finds
+        queued rows without one."""
+        self.db.execute("ALTER TABLE outbox RENAME TO outbox_old")
+        for index in ("outbox_pending", "outbox_age", "outbox_failed"):
+            self.db.execute(f"DROP INDEX IF EXISTS {index}")
         for statement in _SCHEMA.split(";"):
             if "outbox" in statement:
                 self.db.execute(statement)
         self.db.execute(
-            "INSERT INTO outbox (start, series, seq, failed, value, since) "
-            "SELECT o.start, o.series, 0, o.failed, b.value, o.since FROM outbox_3 o "
-            "JOIN buckets b ON b.series = o.series AND b.start = o.start AND b.resolution = "
-            "(SELECT min(resolution) FROM buckets)"
+            "INSERT INTO outbox (start, series, seq, failed, since) "
+            f"SELECT start, series, {'seq' if has_seq else 0}, failed, since FROM outbox_old"
         )
-        self.db.execute("DROP TABLE outbox_3")
+        self.db.execute("DROP TABLE outbox_old")
+
+    def prepare_outbox(self, resolution: int, fingerprint: str, line_key: LineKey) -> None:
+        """Keep ``influx_keys`` for every series from now on (new ones in the flush that
+        creates them). ``fingerprint`` names what the keys depend on (the measurement prefix,
+        the global tags): when it differs from the stored one, every key and queued line is
+        rebuilt, so nothing queued goes out with the old tags."""
+        with self._transaction() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'influx_keys_for'").fetchone()
+            changed = row is None or row[0] != fingerprint
+            if changed:
+                db.execute("DELETE FROM influx_keys")
+                db.execute(
+                    "INSERT INTO meta VALUES ('influx_keys_for', ?) ON CONFLICT (key) DO UPDATE "
+                    "SET value = excluded.value",
+                    (fingerprint,),
+                )
+            missing = db.execute(
+                "SELECT id, metric, labels, kind FROM series "
+                "WHERE id NOT IN (SELECT series FROM influx_keys)"
+            ).fetchall()
+            db.executemany(
+                "INSERT INTO influx_keys VALUES (?, ?, ?)",
+                ((sid, line_key(m, labels), kind == "counter") for sid, m, labels, kind in missing),
+            )
+            unlined = db.execute(
+                "SELECT 1 FROM outbox WHERE failed = 0 AND line IS NULL LIMIT 1"
+            ).fetchone()
+            if changed or unlined:
+                # rows set aside because their series had no key get another chance
+                db.execute("UPDATE outbox SET failed = 0 WHERE failed = 1 AND line IS NULL")
+                db.execute(_RELINE, (resolution,))
+                db.execute("UPDATE outbox SET failed = 1 WHERE failed = 0 AND line IS NULL")
+        self._line_key = line_key
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -262,6 +328,8 @@ class Store:
         try:
             with self._transaction() as db:
                 self._insert_series(db, [(key, batch.series[key]) for key in new_keys])
+                if self._line_key is not None:
+                    self._insert_line_keys(db, new_keys, batch)
                 if outbox_resolution is not None:
                     late = self._recreated(db, batch, outbox_resolution)
                 db.executemany("INSERT OR IGNORE INTO seen VALUES (?, ?)", ((i, now) for i in ids))
@@ -315,6 +383,21 @@ class Store:
                 (s.plugin, s.metric.name, s.metric.kind, labels_json(s), s.created),
             ).fetchone()
             self._series_ids[key] = int(row[0])
+
+    def _insert_line_keys(self, db: sqlite3.Connection, new: list[SeriesKey], batch: Batch) -> None:
+        assert self._line_key is not None
+        line_key = self._line_key
+        db.executemany(
+            "INSERT OR IGNORE INTO influx_keys VALUES (?, ?, ?)",
+            (
+                (
+                    self._series_ids[key],
+                    line_key(batch.series[key].metric.name, labels_json(batch.series[key])),
+                    batch.series[key].metric.kind == "counter",
+                )
+                for key in new
+            ),
+        )
 
     def _base_keys(self, batch: Batch, resolution: int) -> set[tuple[int, int]]:
         sid = self._series_ids
@@ -520,120 +603,3 @@ class Reader:
                 [*params, limit, offset],
             ).fetchall()
         return [(start, name, json.loads(labels), value) for start, name, labels, value in found]
-
-
-class Pending(NamedTuple):
-    """A queued bucket as the InfluxDB sender reads it: its full value as of the last flush."""
-
-    start: int
-    series: int
-    value: float
-
-
-@dataclass(frozen=True, slots=True)
-class Queued:
-    """A batch read from the outbox, and the last flush whose changes it includes."""
-
-    rows: list[Pending]
-    seq: int
-
-    @property
-    def last(self) -> tuple[int, int]:
-        return self.rows[-1].start, self.rows[-1].series
-
-
-@dataclass(frozen=True, slots=True)
-class SeriesInfo:
-    metric: str
-    labels: str  # JSON
-    kind: str
-
-
-class Outbox:
-    """The InfluxDB sender's side of the outbox, on its own connection (its own thread)."""
-
-    def __init__(self, path: str | Path, resolution: int) -> None:
-        self.path = Path(path)
-        self.resolution = resolution
-        self.db = sqlite3.connect(str(self.path), isolation_level=None, timeout=30)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        # an acknowledgement lost to a power cut only means the points are sent again
-        self.db.execute("PRAGMA synchronous=NORMAL")
-
-    def close(self) -> None:
-        self.db.close()
-
-    def next_batch(self, limit: int, after: tuple[int, int] | None = None) -> Queued:
-        """The oldest queued buckets (after a key, to read ahead of an unacknowledged batch)."""
-        start, series = after if after is not None else (-(2**62), -1)
-        self.db.execute("BEGIN")  # one snapshot: the rows and the flush they include
-        try:
-            row = self.db.execute("SELECT value FROM meta WHERE key = 'outbox_seq'").fetchone()
-            # "+failed": walk the table in key (time) order, not the (failed, since) index,
-            # which would sort the whole queue for every batch
-            rows = self.db.execute(
-                "SELECT start, series, value FROM outbox WHERE +failed = 0 "
-                "AND (start, series) > (?, ?) ORDER BY start, series LIMIT ?",
-                (start, series, limit),
-            ).fetchall()
-        finally:
-            self.db.execute("COMMIT")
-        return Queued(list(map(Pending._make, rows)), int(row[0]) if row else 0)
-
-    def series_info(self, ids: Iterable[int]) -> dict[int, SeriesInfo]:
-        wanted = list(ids)
-        found: dict[int, SeriesInfo] = {}
-        for i in range(0, len(wanted), 500):
-            chunk = wanted[i : i + 500]
-            rows = self.db.execute(
-                f"SELECT id, metric, labels, kind FROM series WHERE id IN "
-                f"({','.join('?' * len(chunk))})",
-                chunk,
-            )
-            found.update((sid, SeriesInfo(m, lab, k)) for sid, m, lab, k in rows)
-        return found
-
-    def acknowledge_batch(self, batch: Queued) -> None:
-        """InfluxDB has the whole batch: unqueue its key range in one statement, but not rows a
-        later flush changed (or added) since it was read, nor rows set aside as failed."""
-        first = batch.rows[0]
-        self._write(
-            "DELETE FROM outbox WHERE (start, series) >= (?, ?) AND (start, series) <= (?, ?) "
-            "AND +failed = 0 AND seq <= ?",
-            [(first.start, first.series, *batch.last, batch.seq)],
-        )
-
-    def acknowledge(self, sent: Iterable[Pending], seq: int) -> None:
-        """InfluxDB has these (some of a batch): unqueue them unless changed since."""
-        self._write(
-            "DELETE FROM outbox WHERE start = ? AND series = ? AND seq <= ?",
-            [(p.start, p.series, seq) for p in sent],
-        )
-
-    def mark_failed(self, refused: Iterable[Pending], seq: int) -> None:
-        """InfluxDB refused these for their data: keep them aside (a later change requeues)."""
-        self._write(
-            "UPDATE outbox SET failed = 1 WHERE start = ? AND series = ? AND seq <= ?",
-            [(p.start, p.series, seq) for p in refused],
-        )
-
-    def _write(self, sql: str, params: list[tuple[Any, ...]]) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            self.db.executemany(sql, params)
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
-
-    def state(self) -> tuple[int, int, float | None]:
-        return outbox_state(self.db)
-
-
-def outbox_state(db: sqlite3.Connection) -> tuple[int, int, float | None]:
-    """(pending rows, failed rows, when the oldest pending row was queued): index-only."""
-    pending, oldest = db.execute(
-        "SELECT count(*), min(since) FROM outbox WHERE failed = 0"
-    ).fetchone()
-    failed = db.execute("SELECT count(*) FROM outbox WHERE failed = 1").fetchone()[0]
-    return int(pending), int(failed), oldest
