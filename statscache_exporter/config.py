@@ -78,9 +78,76 @@ class ReplaySourceConfig:
     name: str = ""
 
 
-SourceConfig = ReplaySourceConfig
-#: ``type`` value → source config class; each live-source issue adds its own.
-SOURCE_TYPES: dict[str, type] = {"replay": ReplaySourceConfig}
+@dataclass(frozen=True)
+class ReconnectConfig:
+    """Waits between reconnection attempts: doubling from ``initial`` to ``max``, jittered."""
+
+    initial: timedelta = timedelta(seconds=1)
+    max: timedelta = timedelta(minutes=2)
+
+
+@dataclass(frozen=True)
+class AmqpTlsConfig:
+    """Client TLS for amqps:// (empty: the system CA store and no client certificate)."""
+
+    ca_cert: str = ""
+    certfile: str = ""
+    keyfile: str = ""
+
+
+@dataclass(frozen=True)
+class BindingConfig:
+    exchange: str = "amq.topic"
+    routing_keys: tuple[str, ...] = ("#",)
+
+
+@dataclass(frozen=True)
+class FedoraMessagingSourceConfig:
+    """The AMQP bus Fedora runs today, consumed like fedora-messaging does."""
+
+    type: Literal["fedora-messaging"]
+    name: str = ""
+    #: "fedora-public": Fedora's public read-only broker with the certificates that ship with
+    #: the fedora-messaging package, and a server-named queue; the keys below override it
+    profile: Literal["none", "fedora-public"] = "none"
+    amqp_url: str = ""
+    #: a durable named queue that outlives the exporter; empty: a server-named exclusive queue
+    queue: str = ""
+    bindings: tuple[BindingConfig, ...] = (BindingConfig(),)
+    tls: AmqpTlsConfig = field(default_factory=AmqpTlsConfig)
+    #: unacknowledged messages the broker may send ahead; a message is acknowledged after the
+    #: flush that stored it, so this must exceed what arrives in one flush interval
+    prefetch: int = 2000
+    reconnect: ReconnectConfig = field(default_factory=ReconnectConfig)
+
+
+@dataclass(frozen=True)
+class FedmsgSourceConfig:
+    """The ZeroMQ bus (fedmsg): SUB sockets connected to publishers' endpoints."""
+
+    type: Literal["fedmsg"]
+    name: str = ""
+    #: Fedora's hub (retired from production in February 2025)
+    endpoints: tuple[str, ...] = ("tcp://hub.fedoraproject.org:9940",)
+    #: topic prefixes to subscribe to; "" is everything
+    topics: tuple[str, ...] = ("",)
+    validate_signatures: bool = False
+    #: messages ZeroMQ queues per socket before dropping (0: unlimited)
+    high_water_mark: int = 10000
+    tcp_keepalive: bool = True
+    tcp_keepalive_idle: timedelta = timedelta(seconds=60)
+    tcp_keepalive_interval: timedelta = timedelta(seconds=10)
+    tcp_keepalive_count: int = 3
+    reconnect: ReconnectConfig = field(default_factory=ReconnectConfig)
+
+
+SourceConfig = ReplaySourceConfig | FedoraMessagingSourceConfig | FedmsgSourceConfig
+#: ``type`` value → source config class
+SOURCE_TYPES: dict[str, type] = {
+    "replay": ReplaySourceConfig,
+    "fedora-messaging": FedoraMessagingSourceConfig,
+    "fedmsg": FedmsgSourceConfig,
+}
 
 
 @dataclass(frozen=True)
@@ -251,6 +318,8 @@ def _check(config: Config) -> None:
     _check_http(config.http)
     _check_prometheus(config)
     _check_influx(config.influxdb)
+    for i, source in enumerate(config.sources):
+        _check_source(source, f"sources[{i}]")
     names = [s.name for s in config.sources]
     for name in names:
         if names.count(name) > 1:
@@ -258,6 +327,29 @@ def _check(config: Config) -> None:
                 f"sources: two sources are named {name!r} (an unnamed source is called by its "
                 "type and position, e.g. replay0); names must be unique"
             )
+
+
+def _check_source(source: SourceConfig, path: str) -> None:
+    if isinstance(source, FedoraMessagingSourceConfig):
+        if source.profile == "none" and not source.amqp_url:
+            raise ConfigError(
+                f"{path}.amqp_url: required (e.g. amqp://localhost/%2F), unless "
+                f"{path}.profile is fedora-public"
+            )
+        if source.prefetch < 1:
+            raise ConfigError(f"{path}.prefetch: must be at least 1")
+        if not source.bindings:
+            raise ConfigError(f"{path}.bindings: give at least one binding")
+        if bool(source.tls.certfile) != bool(source.tls.keyfile):
+            raise ConfigError(f"{path}.tls: give both certfile and keyfile, or neither")
+    if isinstance(source, FedmsgSourceConfig):
+        if not source.endpoints:
+            raise ConfigError(f"{path}.endpoints: give at least one endpoint")
+        if source.high_water_mark < 0:
+            raise ConfigError(f"{path}.high_water_mark: must be 0 (unlimited) or more")
+    reconnect = getattr(source, "reconnect", None)
+    if reconnect is not None and not timedelta(0) < reconnect.initial <= reconnect.max:
+        raise ConfigError(f"{path}.reconnect: need 0 < initial <= max")
 
 
 _PREFIX = re.compile(r"^([a-zA-Z_][a-zA-Z0-9_]*)?$")
@@ -395,7 +487,7 @@ def convert(tp: Any, value: Any, path: str) -> Any:
 
 
 def _convert_item(tp: Any, value: Any, path: str) -> Any:
-    if tp is SourceConfig or tp is ReplaySourceConfig:
+    if tp == SourceConfig or tp in SOURCE_TYPES.values():
         return _convert_source(value, path)
     return convert(tp, value, path)
 

@@ -1,8 +1,10 @@
 """``run``: the long-running exporter. Sources run in threads and hand raw messages to one
 pipeline thread through a bounded queue; the pipeline thread handles them and flushes on the
-flush interval, also when the bus is quiet; each committed flush updates the Prometheus
-exposition, which the HTTP server (its own threads) serves with the REST API. SIGTERM or
-SIGINT: stop the sources, handle what they already handed over, flush once more, exit 0.
+flush interval, also when the bus is quiet; after each committed flush it acknowledges the
+messages that flush covered to their sources (AMQP), and the Prometheus exposition is updated,
+which the HTTP server (its own threads) serves with the REST API. SIGTERM or SIGINT: stop the
+sources, handle what they already handed over, flush once more, acknowledge, let the sources
+close, exit 0.
 """
 
 from __future__ import annotations
@@ -11,16 +13,21 @@ import logging
 import queue
 import signal
 import threading
-from collections.abc import Callable
+import time
 from typing import Any
 
 from statscache_exporter import restapi
-from statscache_exporter.config import Config, ReplaySourceConfig
+from statscache_exporter.config import (
+    Config,
+    FedmsgSourceConfig,
+    FedoraMessagingSourceConfig,
+    ReplaySourceConfig,
+)
 from statscache_exporter.exposition import Exposition
 from statscache_exporter.influx import InfluxSink
 from statscache_exporter.pipeline import Pipeline, influx_sink_for, open_pipeline, series_ttls
 from statscache_exporter.selfmetrics import SelfMetrics
-from statscache_exporter.sources import Source
+from statscache_exporter.sources import Ack, Source, SourceContext
 from statscache_exporter.sources.replay import ReplaySource
 from statscache_exporter.store import Reader
 from statscache_exporter.web import App, Context, WebServer
@@ -28,6 +35,8 @@ from statscache_exporter.web import App, Context, WebServer
 log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 10_000
+#: how long the sources get to close after the final flush
+CLOSE_TIMEOUT = 10.0
 
 
 def make_sources(config: Config) -> list[Source]:
@@ -35,7 +44,56 @@ def make_sources(config: Config) -> list[Source]:
     for sc in config.sources:
         if isinstance(sc, ReplaySourceConfig):
             sources.append(ReplaySource(sc.paths, sc.name))
+        elif isinstance(sc, FedoraMessagingSourceConfig):
+            from statscache_exporter.sources.amqp import AmqpSource
+
+            sources.append(AmqpSource(sc))
+        elif isinstance(sc, FedmsgSourceConfig):
+            from statscache_exporter.sources.zmq import FedmsgSource
+
+            sources.append(FedmsgSource(sc))
     return sources
+
+
+class SourceStatus:
+    """One source's connection state: the ``source_connected`` gauge and ``/readyz`` read it;
+    the time from a disconnect to the reconnect is handed to ``on_gap`` (the daemon records
+    it in the store for the gap filler)."""
+
+    def __init__(
+        self,
+        name: str,
+        connected: dict[str, bool],
+        on_gap: Any,
+        clock: Any = time.time,
+    ) -> None:
+        self.name = name
+        self._connected = connected
+        self._on_gap = on_gap
+        self._clock = clock
+        self._lost_at: float | None = None
+        connected[name] = False
+
+    def connected(self, detail: str = "") -> None:
+        if self._connected.get(self.name):
+            return
+        self._connected[self.name] = True
+        if self._lost_at is not None:
+            now = self._clock()
+            log.info(
+                "source %s reconnected after %.1f s %s", self.name, now - self._lost_at, detail
+            )
+            self._on_gap(self.name, self._lost_at, now)
+            self._lost_at = None
+        else:
+            log.info("source %s connected %s", self.name, detail)
+
+    def disconnected(self, reason: str) -> None:
+        if self._lost_at is None:
+            self._lost_at = self._clock()
+        if self._connected.get(self.name, True):
+            log.warning("source %s disconnected: %s", self.name, reason)
+        self._connected[self.name] = False
 
 
 def exposition_for(pipeline: Pipeline) -> Exposition:
@@ -72,6 +130,7 @@ def web_context(
             max_rows_per_page=config.http.api.max_rows_per_page,
         ),
         ready_within=max(5.0, 5 * config.store.flush_interval.total_seconds()),
+        live_sources=tuple(s.name for s in config.sources if s.type != "replay"),
     )
 
 
@@ -79,7 +138,12 @@ class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.stop = threading.Event()
-        self.queue: queue.Queue[tuple[str, Any]] = queue.Queue(QUEUE_SIZE)
+        self.closing = threading.Event()
+        self.queue: queue.Queue[tuple[str, Any, Ack | None]] = queue.Queue(QUEUE_SIZE)
+        #: acknowledgements due once the next flush has committed (pipeline thread only)
+        self.acks: list[Ack] = []
+        #: (source, start, end) of disconnections, written to the store by the pipeline thread
+        self.gaps: queue.SimpleQueue[tuple[str, float, float]] = queue.SimpleQueue()
         self.pipeline: Pipeline = open_pipeline(config)
         self.exposition = exposition_for(self.pipeline)
         self.influx = influx_sink_for(self.pipeline)
@@ -91,27 +155,35 @@ class Daemon:
             else None
         )
 
-    def _emitter(self, name: str) -> Callable[[Any], None]:
-        def emit(raw: Any) -> None:
+    def context(self, name: str) -> SourceContext:
+        """What the source called ``name`` runs with."""
+
+        def emit(raw: Any, ack: Ack | None = None, /) -> None:
             while not self.stop.is_set():
                 try:
-                    self.queue.put((name, raw), timeout=0.5)
+                    self.queue.put((name, raw, ack), timeout=0.5)
                     return
                 except queue.Full:
                     continue
 
-        return emit
+        status = SourceStatus(
+            name,
+            self.pipeline.stats.source_connected,
+            lambda *gap: self.gaps.put(gap),
+        )
+        return SourceContext(emit, self.stop, self.closing, status)
 
     def _run_source(self, source: Source) -> None:
-        connected = self.pipeline.stats.source_connected
-        connected[source.name] = True
+        ctx = self.context(source.name)
+        if isinstance(source, ReplaySource):
+            ctx.status.connected()
         try:
-            source.run(self._emitter(source.name), self.stop)
+            source.run(ctx)
             log.info("source %s has no more messages", source.name)
         except Exception:
             log.exception("source %s failed", source.name)
         finally:
-            connected[source.name] = False
+            self.pipeline.stats.source_connected[source.name] = False
 
     def start(self) -> None:
         if self.web is not None:
@@ -136,24 +208,54 @@ class Daemon:
         interval = self.config.store.flush_interval.total_seconds()
         while not self.stop.is_set():
             try:
-                name, raw = self.queue.get(timeout=interval)
+                name, raw, ack = self.queue.get(timeout=interval)
             except queue.Empty:
                 pass
             else:
                 self.pipeline.handle(raw, name)
+                if ack is not None:
+                    self.acks.append(ack)
             if self.pipeline.flush_due():
-                self.pipeline.flush()
+                self.flush()
+
+    def flush(self) -> None:
+        """Commit, then acknowledge what the commit covered, and record gaps."""
+        self.pipeline.flush()
+        self._acknowledge()
+        while True:
+            try:
+                source, start, end = self.gaps.get_nowait()
+            except queue.Empty:
+                break
+            self.pipeline.store.record_gap(source, start, end)
+
+    def _acknowledge(self) -> None:
+        acks, self.acks = self.acks, []
+        for ack in acks:
+            try:
+                ack()
+            except Exception:  # the source's connection is gone: it will be redelivered
+                log.warning("an acknowledgement could not be made", exc_info=True)
 
     def shutdown(self) -> None:
         self.stop.set()
-        for t in self.threads:
-            t.join(timeout=5)
+        for t in self.threads:  # a source that acknowledges stays until closing is set
+            t.join(timeout=0.5)
         while True:
             try:
-                name, raw = self.queue.get_nowait()
+                name, raw, ack = self.queue.get_nowait()
             except queue.Empty:
                 break
             self.pipeline.handle(raw, name)
+            if ack is not None:
+                self.acks.append(ack)
+        try:
+            self.flush()
+        finally:
+            self.closing.set()
+        deadline = time.monotonic() + CLOSE_TIMEOUT
+        for t in self.threads:
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
         self.pipeline.close()
         if self.influx is not None:
             self.influx.stop()  # bounded by influxdb.shutdown_timeout

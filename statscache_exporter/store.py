@@ -17,6 +17,7 @@ Tables:
   changes the bucket, removed by the sender (``outbox.py``).
 - ``influx_keys``: series → its escaped measurement and tags, from which the flush builds the
   lines; NULL for a series line protocol cannot carry (its points are queued as failed).
+- ``gaps``: times a live source was disconnected (epoch seconds), for the gap filler.
 - ``meta``: schema version and the checkpoint ``covered_until``.
 """
 
@@ -78,6 +79,12 @@ CREATE TABLE IF NOT EXISTS outbox (
     PRIMARY KEY (start, series)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS outbox_failed ON outbox (failed) WHERE failed = 1;
+CREATE TABLE IF NOT EXISTS gaps (
+    source TEXT NOT NULL,
+    start REAL NOT NULL,
+    "end" REAL NOT NULL,
+    filled INTEGER NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS influx_keys (
     series INTEGER PRIMARY KEY REFERENCES series(id),
     key TEXT,
@@ -449,6 +456,23 @@ class Store:
         db.executemany(
             _QUEUE, ((seq, now, series, resolution, start) for series, start in sorted(touched))
         )
+
+    def record_gap(self, source: str, start: float, end: float) -> None:
+        """A live source may have missed messages between these times."""
+        with self._transaction() as db:
+            db.execute(
+                'INSERT INTO gaps (source, start, "end") VALUES (?, ?, ?)', (source, start, end)
+            )
+
+    def gaps(self, include_filled: bool = False) -> list[tuple[str, float, float]]:
+        """(source, start, end) of the recorded gaps, oldest first."""
+        where = "" if include_filled else " WHERE filled = 0"
+        return [
+            (str(src), float(a), float(b))
+            for src, a, b in self.db.execute(
+                f'SELECT source, start, "end" FROM gaps{where} ORDER BY start, rowid'
+            )
+        ]
 
     @staticmethod
     def _advance_checkpoint(db: sqlite3.Connection, covered_until: datetime) -> None:

@@ -58,6 +58,8 @@ class Context:
     http: HttpConfig
     api: restapi.ApiSettings
     ready_within: float  # /readyz fails if the pipeline has not gone to flush for this long
+    #: sources of a bus (not replay): /readyz fails while one is disconnected
+    live_sources: tuple[str, ...] = ()
 
 
 class App:
@@ -161,6 +163,10 @@ class App:
         problems = []
         if last is None or self.clock() - last > self.ctx.ready_within:
             problems.append("the pipeline has not flushed recently")
+        connected = dict(stats.source_connected)
+        down = [name for name in self.ctx.live_sources if not connected.get(name)]
+        if down:
+            problems.append(f"not connected: {', '.join(down)}")
         try:
             self.ctx.reader.ping()
         except Exception as exc:

@@ -22,6 +22,7 @@ from statscache_exporter.config import (
     ConfigError,
     LoggingConfig,
     PluginConfig,
+    FedoraMessagingSourceConfig,
     ReplaySourceConfig,
     StoreConfig,
     config_path,
@@ -150,6 +151,9 @@ def test_config_yaml_loads() -> None:
     cfg = load(CONFIG_YAML)
     assert isinstance(cfg, Config)
     assert cfg.sources == (
+        FedoraMessagingSourceConfig(
+            type="fedora-messaging", name="fedora", profile="fedora-public"
+        ),
         ReplaySourceConfig(type="replay", paths=("examples/corpus.jsonl.gz",), name="demo"),
     )
     assert set(cfg.plugins) == BUNDLED
@@ -452,7 +456,7 @@ def test_unknown_source_type_lists_valid_types() -> None:
 
 def test_source_without_type() -> None:
     assert config_error({"sources": [{"paths": ["x"]}]}) == (
-        "sources[0].type: None is not a source type; valid: replay"
+        "sources[0].type: None is not a source type; valid: replay, fedora-messaging, fedmsg"
     )
 
 

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import gzip
 import json
-import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from statscache_exporter.sources import Emit
+from statscache_exporter.sources import SourceContext
 
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -104,9 +103,9 @@ class ReplaySource:
         self.paths = [Path(p) for p in paths]
         self.name = name
 
-    def run(self, emit: Emit, stop: threading.Event) -> None:
+    def run(self, ctx: SourceContext) -> None:
         for path in self.paths:
             for item in read(path):
-                if stop.is_set():
+                if ctx.stop.is_set():
                     return
-                emit(item)
+                ctx.emit(item)
