@@ -41,11 +41,14 @@ system-deps:
 	  $(APT) update -q && $(APT) install -y -q python3 python3-venv python3-dev gcc; }
 
 # The servers the integration tests start on loopback, installed only when missing:
-# prometheus (and promtool), without its recommended node exporter; influxdb (influxd 1.x).
+# prometheus (and promtool), without its recommended node exporter; influxdb (influxd 1.x);
+# rabbitmq-server (its scripts live in /usr/sbin and /usr/lib/rabbitmq/bin).
 test-deps:
 	@pkgs=; \
 	{ command -v prometheus && command -v promtool; } >/dev/null || pkgs="$$pkgs prometheus"; \
 	command -v influxd >/dev/null || pkgs="$$pkgs influxdb"; \
+	command -v rabbitmq-server >/dev/null || [ -x /usr/sbin/rabbitmq-server ] || \
+	  pkgs="$$pkgs rabbitmq-server"; \
 	[ -z "$$pkgs" ] || { \
 	  $(APT) update -q && $(APT) install -y -q --no-install-recommends $$pkgs; }
 
