@@ -4,6 +4,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# datagrepper, for the tests that poll it, in its own virtualenv: its pins would downgrade
+# packages the exporter uses (cryptography, dateutil); the tests run it as a server.
+DG_VENV  := .venv-datagrepper
+DG_STAMP := $(DG_VENV)/.installed
 CONFIG ?= config.yaml
 # apt-get as root, or through sudo when not root.
 APT    := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
@@ -15,7 +19,7 @@ run: $(STAMP)
 
 test: lint typecheck unit
 
-unit: $(STAMP) test-deps
+unit: $(STAMP) test-deps $(DG_STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
@@ -49,6 +53,8 @@ test-deps:
 	command -v influxd >/dev/null || pkgs="$$pkgs influxdb"; \
 	command -v rabbitmq-server >/dev/null || [ -x /usr/sbin/rabbitmq-server ] || \
 	  pkgs="$$pkgs rabbitmq-server"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || pkgs="$$pkgs postgresql"; \
+	command -v pg_config >/dev/null || pkgs="$$pkgs libpq-dev"; \
 	[ -z "$$pkgs" ] || { \
 	  $(APT) update -q && $(APT) install -y -q --no-install-recommends $$pkgs; }
 
@@ -58,5 +64,13 @@ $(STAMP): pyproject.toml | system-deps
 	$(BIN)/pip install -q -e '.[schemas,dev]'
 	touch $(STAMP)
 
+$(DG_STAMP): | system-deps test-deps
+	test -x $(DG_VENV)/bin/python || $(PYTHON) -m venv $(DG_VENV)
+	$(DG_VENV)/bin/pip install -q --upgrade pip 'setuptools<82' wheel
+	$(DG_VENV)/bin/pip install -q 'datagrepper==1.1.0' bodhi-messages \
+	  koji-fedoramessaging-messages copr-messaging pagure-messages noggin-messages anitya-schema \
+	  discourse2fedmsg-messages
+	touch $(DG_STAMP)
+
 clean:
-	rm -rf $(VENV) var build *.egg-info
+	rm -rf $(VENV) $(DG_VENV) var build *.egg-info
