@@ -141,12 +141,32 @@ class FedmsgSourceConfig:
     reconnect: ReconnectConfig = field(default_factory=ReconnectConfig)
 
 
-SourceConfig = ReplaySourceConfig | FedoraMessagingSourceConfig | FedmsgSourceConfig
+@dataclass(frozen=True)
+class DatagrepperSourceConfig:
+    """Polling datagrepper's /raw, for users without access to a bus."""
+
+    type: Literal["datagrepper"]
+    name: str = ""
+    url: str = "https://apps.fedoraproject.org/datagrepper"
+    interval: timedelta = timedelta(seconds=10)
+    #: each poll looks this far back again, for messages datagrepper stored late
+    overlap: timedelta = timedelta(minutes=2)
+    #: only these categories (empty: all)
+    categories: tuple[str, ...] = ()
+    rows_per_page: int = 100
+    timeout: timedelta = timedelta(seconds=60)
+    reconnect: ReconnectConfig = field(default_factory=ReconnectConfig)
+
+
+SourceConfig = (
+    ReplaySourceConfig | FedoraMessagingSourceConfig | FedmsgSourceConfig | DatagrepperSourceConfig
+)
 #: ``type`` value → source config class
 SOURCE_TYPES: dict[str, type] = {
     "replay": ReplaySourceConfig,
     "fedora-messaging": FedoraMessagingSourceConfig,
     "fedmsg": FedmsgSourceConfig,
+    "datagrepper": DatagrepperSourceConfig,
 }
 
 
@@ -347,6 +367,11 @@ def _check_source(source: SourceConfig, path: str) -> None:
             raise ConfigError(f"{path}.endpoints: give at least one endpoint")
         if source.high_water_mark < 0:
             raise ConfigError(f"{path}.high_water_mark: must be 0 (unlimited) or more")
+    if isinstance(source, DatagrepperSourceConfig):
+        if not 1 <= source.rows_per_page <= 100:
+            raise ConfigError(f"{path}.rows_per_page: must be 1-100 (datagrepper's limit)")
+        if source.interval <= timedelta(0):
+            raise ConfigError(f"{path}.interval: must be more than 0")
     reconnect = getattr(source, "reconnect", None)
     if reconnect is not None and not timedelta(0) < reconnect.initial <= reconnect.max:
         raise ConfigError(f"{path}.reconnect: need 0 < initial <= max")

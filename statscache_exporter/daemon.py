@@ -19,6 +19,7 @@ from typing import Any
 from statscache_exporter import restapi
 from statscache_exporter.config import (
     Config,
+    DatagrepperSourceConfig,
     FedmsgSourceConfig,
     FedoraMessagingSourceConfig,
     ReplaySourceConfig,
@@ -52,6 +53,10 @@ def make_sources(config: Config) -> list[Source]:
             from statscache_exporter.sources.zmq import FedmsgSource
 
             sources.append(FedmsgSource(sc))
+        elif isinstance(sc, DatagrepperSourceConfig):
+            from statscache_exporter.sources.poll import DatagrepperSource
+
+            sources.append(DatagrepperSource(sc))
     return sources
 
 

@@ -456,7 +456,8 @@ def test_unknown_source_type_lists_valid_types() -> None:
 
 def test_source_without_type() -> None:
     assert config_error({"sources": [{"paths": ["x"]}]}) == (
-        "sources[0].type: None is not a source type; valid: replay, fedora-messaging, fedmsg"
+        "sources[0].type: None is not a source type; valid: replay, fedora-messaging, fedmsg, "
+        "datagrepper"
     )
 
 
