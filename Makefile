@@ -12,10 +12,26 @@ CONFIG ?= config.yaml
 # apt-get as root, or through sudo when not root.
 APT    := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: run test lint typecheck unit system-deps test-deps venv clean bench
+.PHONY: run test lint typecheck unit system-deps test-deps venv clean bench fedora-certs
 
-run: $(STAMP)
+run: fedora-certs
 	$(BIN)/statscache-exporter run --config $(CONFIG)
+
+# The certificates of Fedora's public broker (the fedora-public profile): Fedora's
+# fedora-messaging package installs them in /etc/fedora-messaging, PyPI's wheel lacks them, so
+# they are fetched from fedora-messaging's repository when missing, if the network allows.
+FM_CERTS := statscache_exporter/data/fedora-messaging
+FM_URL   := https://raw.githubusercontent.com/fedora-infra/fedora-messaging/stable/configs
+fedora-certs: $(STAMP)
+	@[ -f /etc/fedora-messaging/fedora-key.pem ] || [ -f $(FM_CERTS)/fedora-key.pem ] || { \
+	  mkdir -p $(FM_CERTS) && for f in cacert.pem fedora-cert.pem fedora-key.pem; do \
+	    $(BIN)/python -c 'import sys, urllib.request as u; \
+	      open(sys.argv[2], "wb").write(u.urlopen(sys.argv[1], timeout=20).read())' \
+	      $(FM_URL)/$$f $(FM_CERTS)/$$f.part 2>/dev/null && \
+	      mv $(FM_CERTS)/$$f.part $(FM_CERTS)/$$f || { rm -f $(FM_CERTS)/$$f.part; \
+	      echo "cannot fetch $(FM_URL)/$$f: the fedora-public source will say so and retry"; \
+	      break; }; \
+	  done; }
 
 test: lint typecheck unit
 

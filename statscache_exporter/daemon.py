@@ -217,15 +217,26 @@ class Daemon:
             except queue.Empty:
                 pass
             else:
-                self.pipeline.handle(raw, name)
-                if ack is not None:
-                    self.acks.append(ack)
+                self.handle(name, raw, ack)
             if self.pipeline.flush_due():
                 self.flush()
+
+    def handle(self, name: str, raw: Any, ack: Ack | None) -> None:
+        """One message; if it made the pipeline flush (a full batch, or the interval passed
+        while messages kept coming), acknowledge at once what that flush covered."""
+        flushes = self.pipeline.stats.flushes
+        self.pipeline.handle(raw, name)
+        if ack is not None:
+            self.acks.append(ack)
+        if self.pipeline.stats.flushes != flushes:
+            self._flushed()
 
     def flush(self) -> None:
         """Commit, then acknowledge what the commit covered, and record gaps."""
         self.pipeline.flush()
+        self._flushed()
+
+    def _flushed(self) -> None:
         self._acknowledge()
         while True:
             try:
@@ -251,9 +262,7 @@ class Daemon:
                 name, raw, ack = self.queue.get_nowait()
             except queue.Empty:
                 break
-            self.pipeline.handle(raw, name)
-            if ack is not None:
-                self.acks.append(ack)
+            self.handle(name, raw, ack)
         try:
             self.flush()
         finally:

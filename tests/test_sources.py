@@ -212,3 +212,19 @@ def test_source_configs_with_their_defaults() -> None:
     assert amqp.bindings == (configuration.BindingConfig("amq.topic", ("#",)),)
     assert isinstance(zmq, configuration.FedmsgSourceConfig)
     assert zmq.name == "fedmsg1" and zmq.endpoints == ("tcp://hub.fedoraproject.org:9940",)
+
+
+def test_a_flush_the_pipeline_makes_on_its_own_acknowledges_at_once(tmp_path: Path) -> None:
+    """Under steady traffic the pipeline flushes every store.max_batch messages without the
+    daemon's timer: what those flushes stored is acknowledged then, not when the bus pauses
+    (else the broker stops sending once prefetch messages wait for their acknowledgement)."""
+    cfg = make_config(tmp_path / "store.sqlite", http={"enabled": False}, store={"max_batch": 10})
+    daemon = Daemon(cfg)
+    acked: list[str] = []
+    for m in scaled_messages(25, seed=6):
+        daemon.handle("bus", m, lambda i=m["msg_id"]: acked.append(i))
+    assert len(acked) == 20  # two full batches, committed and acknowledged
+    assert all(daemon.pipeline.store.is_seen(i) for i in acked)
+    daemon.flush()
+    assert len(acked) == 25
+    daemon.pipeline.close()
