@@ -53,6 +53,7 @@ bench: $(STAMP) test-deps
 	mkdir -p var/bench
 	$(BIN)/python bench/metrics_render.py --json var/bench/metrics_render.json
 	$(BIN)/python bench/influx_write.py --json var/bench/influx_write.json
+	$(BIN)/python bench/amqp_consume.py --json var/bench/amqp_consume.json
 
 # Debian packages the virtualenv needs (venv/ensurepip, a compiler for wheels that build),
 # installed only when missing.
