@@ -9,6 +9,7 @@ close, exit 0.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import signal
@@ -36,6 +37,8 @@ from statscache_exporter.web import App, Context, WebServer
 log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 10_000
+#: put in the queue to wake the pipeline thread (see Daemon.request_stop)
+_WAKE = object()
 #: how long the sources get to close after the final flush
 CLOSE_TIMEOUT = 10.0
 
@@ -217,9 +220,17 @@ class Daemon:
             except queue.Empty:
                 pass
             else:
-                self.handle(name, raw, ack)
+                if raw is not _WAKE:
+                    self.handle(name, raw, ack)
             if self.pipeline.flush_due():
                 self.flush()
+
+    def request_stop(self) -> None:
+        """Stop soon (safe from a signal handler or another thread): the pipeline thread
+        wakes at once instead of at the end of its wait for a message."""
+        self.stop.set()
+        with contextlib.suppress(queue.Full):  # full: it is busy, and will see stop
+            self.queue.put_nowait(("", _WAKE, None))
 
     def handle(self, name: str, raw: Any, ack: Ack | None) -> None:
         """One message; if it made the pipeline flush (a full batch, or the interval passed
@@ -262,7 +273,8 @@ class Daemon:
                 name, raw, ack = self.queue.get_nowait()
             except queue.Empty:
                 break
-            self.handle(name, raw, ack)
+            if raw is not _WAKE:
+                self.handle(name, raw, ack)
         try:
             self.flush()
         finally:
@@ -284,6 +296,8 @@ def run(config: Config) -> int:
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("received %s, stopping", signal.Signals(signum).name)
         daemon.stop.set()
+        # not here: the handler may interrupt this thread while it holds the queue's lock
+        threading.Thread(target=daemon.request_stop, name="stop").start()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

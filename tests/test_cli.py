@@ -287,7 +287,7 @@ def test_subprocess_check_config_ok() -> None:
     result = run_cli("check-config", "--config", str(CONFIG_YAML))
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"# config OK; plugins enabled: {AVAILABLE}\n")
-    assert yaml.safe_load(result.stdout)["sources"][0]["name"] == "demo"
+    assert yaml.safe_load(result.stdout)["sources"][1]["name"] == "demo"
 
 
 def test_subprocess_bad_config_exits_2(tmp_path: Path) -> None:
