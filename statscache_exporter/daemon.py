@@ -174,10 +174,12 @@ class Daemon:
                 except queue.Full:
                     continue
 
+        # a poller's outage is no gap: its next poll reads from where the last one ended
+        polling = name in {s.name for s in self.config.sources if s.type == "datagrepper"}
         status = SourceStatus(
             name,
             self.pipeline.stats.source_connected,
-            lambda *gap: self.gaps.put(gap),
+            (lambda *gap: None) if polling else (lambda *gap: self.gaps.put(gap)),
         )
         return SourceContext(emit, self.stop, self.closing, status)
 

@@ -228,3 +228,24 @@ def test_a_flush_the_pipeline_makes_on_its_own_acknowledges_at_once(tmp_path: Pa
     daemon.flush()
     assert len(acked) == 25
     daemon.pipeline.close()
+
+
+def test_a_pollers_outage_is_not_a_gap(tmp_path: Path) -> None:
+    """The datagrepper poller reads on from where its last poll ended: nothing to fill."""
+    cfg = make_config(
+        tmp_path / "store.sqlite",
+        http={"enabled": False},
+        sources=[
+            {"type": "datagrepper", "name": "dg", "url": "http://127.0.0.1:9"},
+            {"type": "fedmsg", "name": "zmq", "endpoints": ["tcp://127.0.0.1:9"]},
+        ],
+    )
+    daemon = Daemon(cfg)
+    for name in ("dg", "zmq"):
+        status = daemon.context(name).status
+        status.connected()
+        status.disconnected("gone")
+        status.connected()
+    daemon.flush()
+    assert [gap[0] for gap in daemon.pipeline.store.gaps()] == ["zmq"]
+    daemon.pipeline.close()
