@@ -111,6 +111,7 @@ def run_ours(url: str, root: Path, n: int, prefetch: int, expected: Counter[str]
         {
             "store": {"path": str(store)},
             "http": {"enabled": False},
+            "backfill": {"enabled": False},
             "sources": [
                 {
                     "type": "fedora-messaging",

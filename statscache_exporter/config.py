@@ -17,7 +17,7 @@ import re
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
@@ -249,6 +249,40 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class BackfillConfig:
+    """Fetching from datagrepper what the live sources missed (the gap filler)."""
+
+    #: `run` backfills on start and after a live source's outage
+    enabled: bool = True
+    url: str = "https://apps.fedoraproject.org/datagrepper"
+    rows_per_page: int = 100
+    #: windows fetched at once
+    concurrency: int = 4
+    #: time covered by one window (its requests are sized by datagrepper's answers)
+    window: timedelta = timedelta(minutes=10)
+    timeout: timedelta = timedelta(seconds=60)
+    #: attempts per window before the backfill stops with an error (the next start retries)
+    retries: int = 8
+    retry_initial: timedelta = timedelta(seconds=1)
+    retry_max: timedelta = timedelta(minutes=1)
+    #: read again before the checkpoint, and past the live sources' start
+    overlap: timedelta = timedelta(minutes=5)
+    #: no message before this (ISO 8601 with a time zone, e.g. 2024-01-01T00:00:00Z; "": none)
+    epoch: str = ""
+    #: on a first start (an empty store): how far back to fetch (none: nothing)
+    initial_backfill: timedelta | None = None
+    verify_tls: bool = True
+    user_agent: str = "statscache-exporter (+https://github.com/fedora-infra/statscache)"
+
+    def epoch_time(self) -> float | None:
+        """``epoch`` as epoch seconds, None if unset."""
+        if not self.epoch:
+            return None
+        when = datetime.fromisoformat(self.epoch.replace("Z", "+00:00"))
+        return when.timestamp()
+
+
+@dataclass(frozen=True)
 class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
@@ -258,6 +292,7 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
     influxdb: InfluxConfig = field(default_factory=InfluxConfig)
+    backfill: BackfillConfig = field(default_factory=BackfillConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def resolutions(self) -> tuple[int, ...]:
@@ -338,6 +373,7 @@ def _check(config: Config) -> None:
     _check_http(config.http)
     _check_prometheus(config)
     _check_influx(config.influxdb)
+    _check_backfill(config.backfill)
     for i, source in enumerate(config.sources):
         _check_source(source, f"sources[{i}]")
     names = [s.name for s in config.sources]
@@ -347,6 +383,28 @@ def _check(config: Config) -> None:
                 f"sources: two sources are named {name!r} (an unnamed source is called by its "
                 "type and position, e.g. replay0); names must be unique"
             )
+
+
+def _check_backfill(b: BackfillConfig) -> None:
+    if not 1 <= b.rows_per_page <= 100:
+        raise ConfigError("backfill.rows_per_page: must be 1-100 (datagrepper's limit)")
+    if b.concurrency < 1:
+        raise ConfigError("backfill.concurrency: must be at least 1")
+    if b.retries < 1:
+        raise ConfigError("backfill.retries: must be at least 1")
+    if b.window < timedelta(seconds=1):
+        raise ConfigError("backfill.window: must be at least 1s")
+    if not timedelta(0) < b.retry_initial <= b.retry_max:
+        raise ConfigError("backfill: need 0 < retry_initial <= retry_max")
+    if b.epoch:
+        try:
+            when = datetime.fromisoformat(b.epoch.replace("Z", "+00:00"))
+        except ValueError:
+            raise ConfigError(
+                f"backfill.epoch: {b.epoch!r} is not an ISO 8601 time (e.g. 2024-01-01T00:00:00Z)"
+            ) from None
+        if when.tzinfo is None:
+            raise ConfigError(f"backfill.epoch: {b.epoch!r} has no time zone (add Z for UTC)")
 
 
 def _check_source(source: SourceConfig, path: str) -> None:

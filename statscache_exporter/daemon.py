@@ -15,9 +15,11 @@ import queue
 import signal
 import threading
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from statscache_exporter import restapi
+from statscache_exporter.backfill import Covered, GapFilled, GapFiller, plan
 from statscache_exporter.config import (
     Config,
     DatagrepperSourceConfig,
@@ -157,6 +159,10 @@ class Daemon:
         self.influx = influx_sink_for(self.pipeline)
         self.sources = make_sources(config)
         self.threads: list[threading.Thread] = []
+        #: the gap filler, when backfill is on and a live source is configured
+        self.filler: GapFiller | None = None
+        self._filled: list[GapFilled] = []
+        self._advanced = 0.0
         self.web = (
             WebServer(App(web_context(self.pipeline, self.exposition, self.influx)), config.http)
             if config.http.enabled
@@ -195,7 +201,24 @@ class Daemon:
         finally:
             self.pipeline.stats.source_connected[source.name] = False
 
+    def _live(self) -> list[str]:
+        return [s.name for s in self.config.sources if s.type not in ("replay", "datagrepper")]
+
+    def _start_backfill(self) -> None:
+        """What was missed before this start, then every outage still unfilled (read here,
+        on the pipeline's thread, which owns the store)."""
+        store = self.pipeline.store
+        covered = store.covered_until()
+        first = plan(self.config.backfill, covered.timestamp() if covered else None, time.time())
+        self.filler = GapFiller(
+            self.config.backfill, self.context("backfill").emit, self.stop, first, store.gaps()
+        )
+        t = threading.Thread(target=self.filler.run, name="backfill", daemon=True)
+        t.start()
+
     def start(self) -> None:
+        if self.config.backfill.enabled and self._live():
+            self._start_backfill()
         if self.web is not None:
             self.web.start()
         if self.influx is not None:
@@ -237,6 +260,12 @@ class Daemon:
     def handle(self, name: str, raw: Any, ack: Ack | None) -> None:
         """One message; if it made the pipeline flush (a full batch, or the interval passed
         while messages kept coming), acknowledge at once what that flush covered."""
+        if isinstance(raw, Covered):
+            self.pipeline.cover(datetime.fromtimestamp(raw.until, UTC))
+            return
+        if isinstance(raw, GapFilled):
+            self._filled.append(raw)
+            return
         flushes = self.pipeline.stats.flushes
         self.pipeline.handle(raw, name)
         if ack is not None:
@@ -251,12 +280,32 @@ class Daemon:
 
     def _flushed(self) -> None:
         self._acknowledge()
+        store = self.pipeline.store
         while True:
             try:
                 source, start, end = self.gaps.get_nowait()
             except queue.Empty:
                 break
-            self.pipeline.store.record_gap(source, start, end)
+            store.record_gap(source, start, end)
+            if self.filler is not None:
+                self.filler.add_gap(source, start, end)
+        filled, self._filled = self._filled, []
+        for gap in filled:  # its messages were committed by the flush just made
+            store.mark_gap_filled(gap.source, gap.start, gap.end)
+        self._advance_checkpoint()
+
+    def _advance_checkpoint(self) -> None:
+        """While every live source is connected and nothing missed is left to fetch, the
+        checkpoint follows the clock (a minute at a time), so the next start fetches only
+        from where this run stopped."""
+        now = time.time()
+        if self.filler is None or now - self._advanced < 60 or not self.filler.idle():
+            return
+        connected = self.pipeline.stats.source_connected
+        if all(connected.get(name) for name in self._live()):
+            self._advanced = now
+            overlap = self.config.backfill.overlap.total_seconds()
+            self.pipeline.cover(datetime.fromtimestamp(now - overlap, UTC))
 
     def _acknowledge(self) -> None:
         acks, self.acks = self.acks, []

@@ -464,6 +464,13 @@ class Store:
                 'INSERT INTO gaps (source, start, "end") VALUES (?, ?, ?)', (source, start, end)
             )
 
+    def mark_gap_filled(self, source: str, start: float, end: float) -> None:
+        with self._transaction() as db:
+            db.execute(
+                'UPDATE gaps SET filled = 1 WHERE source = ? AND start = ? AND "end" = ?',
+                (source, start, end),
+            )
+
     def gaps(self, include_filled: bool = False) -> list[tuple[str, float, float]]:
         """(source, start, end) of the recorded gaps, oldest first."""
         where = "" if include_filled else " WHERE filled = 0"

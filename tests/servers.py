@@ -563,6 +563,8 @@ def write_exporter_config(
         "sources": [{"type": "replay", "name": "file", "paths": [str(p) for p in paths]}],
         "http": {"enabled": True, "address": "127.0.0.1", "port": port},
         "logging": {"level": "INFO"},
+        # never Fedora's datagrepper from a test; the backfill tests give their own
+        "backfill": {"enabled": False},
     }
     if plugins:
         data["plugins"] = plugins
