@@ -15,11 +15,12 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from statscache_exporter import restapi
-from statscache_exporter.backfill import Covered, GapFilled, GapFiller, plan
+from statscache_exporter.backfill import BackfillStats, Covered, GapFilled, GapFiller, plan
 from statscache_exporter.config import (
     Config,
     DatagrepperSourceConfig,
@@ -121,7 +122,10 @@ def exposition_for(pipeline: Pipeline) -> Exposition:
 
 
 def web_context(
-    pipeline: Pipeline, exposition: Exposition, influx: InfluxSink | None = None
+    pipeline: Pipeline,
+    exposition: Exposition,
+    influx: InfluxSink | None = None,
+    backfill: Callable[[], BackfillStats | None] = lambda: None,
 ) -> Context:
     config = pipeline.config
     plugins = {type(p).ident: type(p) for p in pipeline.plugins}
@@ -129,7 +133,11 @@ def web_context(
         pipeline=pipeline,
         exposition=exposition,
         self_metrics=SelfMetrics(
-            pipeline, config.prometheus.prefix, exposition.series_count, influx=influx
+            pipeline,
+            config.prometheus.prefix,
+            exposition.series_count,
+            influx=influx,
+            backfill=backfill,
         ),
         reader=Reader(config.store.path),
         plugins=plugins,
@@ -164,7 +172,10 @@ class Daemon:
         self._filled: list[GapFilled] = []
         self._advanced = 0.0
         self.web = (
-            WebServer(App(web_context(self.pipeline, self.exposition, self.influx)), config.http)
+            WebServer(
+                App(web_context(self.pipeline, self.exposition, self.influx, self._backfill_stats)),
+                config.http,
+            )
             if config.http.enabled
             else None
         )
@@ -200,6 +211,9 @@ class Daemon:
             log.exception("source %s failed", source.name)
         finally:
             self.pipeline.stats.source_connected[source.name] = False
+
+    def _backfill_stats(self) -> BackfillStats | None:
+        return self.filler.backfill.stats if self.filler is not None else None
 
     def _live(self) -> list[str]:
         return [s.name for s in self.config.sources if s.type not in ("replay", "datagrepper")]

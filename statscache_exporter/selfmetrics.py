@@ -15,6 +15,7 @@ from pathlib import Path
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from statscache_exporter.backfill import BackfillStats
 from statscache_exporter.influx import InfluxSink
 from statscache_exporter.pipeline import Pipeline
 from statscache_exporter.store import Reader
@@ -39,9 +40,11 @@ class SelfMetrics:
         series_count: Callable[[], dict[str, int]],
         clock: Callable[[], float] = time.time,
         influx: InfluxSink | None = None,
+        backfill: Callable[[], BackfillStats | None] = lambda: None,
     ) -> None:
         self.pipeline = pipeline
         self.influx = influx
+        self.backfill = backfill
         self.name = prefix + "exporter_"
         self.series_count = series_count
         self.clock = clock
@@ -151,6 +154,32 @@ class SelfMetrics:
         )
         if self.influx is not None:
             yield from self._influx(self.influx)
+        backfill = self.backfill()
+        if backfill is not None:
+            yield from self._backfill(backfill)
+
+    def _backfill(self, b: BackfillStats) -> Iterator[Metric]:
+        for name, help, value in (
+            (
+                "backfill_messages",
+                "Messages fetched from datagrepper by the gap filler",
+                b.messages,
+            ),
+            ("backfill_windows", "Windows the gap filler fetched and handed over", b.windows_done),
+            (
+                "backfill_requests_failed",
+                "Window reads that failed and were retried (or stopped the backfill)",
+                b.requests_failed,
+            ),
+        ):
+            yield self._family("counter", name, help, [], [((), value)])
+        yield self._family(
+            "gauge",
+            "backfill_remaining_seconds",
+            "Time range the gap filler has yet to fetch",
+            [],
+            [((), max(0.0, b.remaining_seconds))],
+        )
 
     def _influx(self, sink: InfluxSink) -> Iterator[Metric]:
         s = sink.stats

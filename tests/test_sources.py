@@ -249,3 +249,24 @@ def test_a_pollers_outage_is_not_a_gap(tmp_path: Path) -> None:
     daemon.flush()
     assert [gap[0] for gap in daemon.pipeline.store.gaps()] == ["zmq"]
     daemon.pipeline.close()
+
+
+def test_the_gap_fillers_progress_is_in_the_self_metrics(tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from statscache_exporter.backfill import BackfillStats
+    from statscache_exporter.selfmetrics import SelfMetrics
+
+    daemon = daemon_for(tmp_path)
+    stats = BackfillStats(windows_done=2, messages=57, requests_failed=3, remaining_seconds=1800.5)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SelfMetrics(daemon.pipeline, "statscache_", dict, backfill=lambda: stats))
+    lines = generate_latest(registry).decode().splitlines()
+    assert "statscache_exporter_backfill_messages_total 57.0" in lines
+    assert "statscache_exporter_backfill_windows_total 2.0" in lines
+    assert "statscache_exporter_backfill_requests_failed_total 3.0" in lines
+    assert "statscache_exporter_backfill_remaining_seconds 1800.5" in lines
+    registry.unregister(next(iter(registry._collector_to_names)))
+    registry.register(SelfMetrics(daemon.pipeline, "statscache_", dict))
+    assert "backfill" not in generate_latest(registry).decode()  # no gap filler, no series
+    daemon.pipeline.close()
