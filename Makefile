@@ -49,11 +49,12 @@ venv: $(STAMP)
 
 # Benchmarks print figures and ratios (markdown on stdout, JSON in var/bench/); they assert no
 # timings. See bench/README.md.
-bench: $(STAMP) test-deps
+bench: $(STAMP) test-deps $(DG_STAMP)
 	mkdir -p var/bench
 	$(BIN)/python bench/metrics_render.py --json var/bench/metrics_render.json
 	$(BIN)/python bench/influx_write.py --json var/bench/influx_write.json
 	$(BIN)/python bench/amqp_consume.py --json var/bench/amqp_consume.json
+	$(BIN)/python bench/backfill.py --json var/bench/backfill.json
 
 # Debian packages the virtualenv needs (venv/ensurepip, a compiler for wheels that build),
 # installed only when missing.
