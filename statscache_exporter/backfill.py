@@ -7,11 +7,13 @@ store, only ``initial_backfill`` back (none by default). Ranges are merged.
 
 How (:class:`Backfill`): each range is cut into windows of ``backfill.window``; up to
 ``concurrency`` windows are read at once with :class:`statscache_exporter.datagrepper.Datagrepper`
-(exact: each message once, despite datagrepper's paging), each retried with backoff up to
-``retries`` times. Windows are handed to the pipeline **in order**, each followed by a
-checkpoint at its end, so ``covered_until`` only advances over windows that are complete and
-committed; a window that keeps failing stops the backfill with an error naming it, and the
-checkpoint stays before it. The backfill runs beside the live sources: counting is
+(exact: each message once, despite datagrepper's paging). A request that gets no answer, a 429
+or a 5xx is asked again on its own (up to :data:`REQUEST_ATTEMPTS` times, with backoff), so the
+window keeps what it has read; a window that fails all the same is read again from its start,
+with backoff, up to ``retries`` times. Windows are handed to the pipeline **in order**, each
+followed by a checkpoint at its end, so ``covered_until`` only advances over windows that are
+complete and committed; a window that keeps failing stops the backfill with an error naming it,
+and the checkpoint stays before it. The backfill runs beside the live sources: counting is
 order-free (counters add, gauges keep the newest message's value) and the pipeline skips a
 message it already counted by id.
 """
@@ -21,15 +23,23 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import requests
 
 from statscache_exporter.config import BackfillConfig
-from statscache_exporter.datagrepper import Cancelled, Datagrepper, DatagrepperError, Item
+from statscache_exporter.datagrepper import (
+    TIMEOUT_STATUSES,
+    US,
+    Cancelled,
+    Datagrepper,
+    DatagrepperError,
+    Item,
+)
 from statscache_exporter.sources.backoff import Backoff
 
 log = logging.getLogger(__name__)
@@ -113,6 +123,8 @@ class BackfillStats:
     windows_done: int = 0
     messages: int = 0
     requests_failed: int = 0
+    #: single requests asked again (no answer, 429, 5xx) without starting their window over
+    requests_retried: int = 0
     remaining_seconds: float = 0.0
     started_at: float = field(default_factory=time.monotonic)
 
@@ -120,6 +132,59 @@ class BackfillStats:
 #: hands one item to the pipeline; then a checkpoint once a window is complete
 Deliver = Callable[[Item], None]
 Cover = Callable[[float], None]
+
+#: tries of one request that gets no answer, a 429 or a 5xx, before its window fails
+REQUEST_ATTEMPTS = 3
+
+
+def _ask_again(exc: DatagrepperError) -> bool:
+    """Whether a failed request is worth asking again as it is: no answer, 429 or a 5xx, but
+    not a 502/504 for a first page of more than a second, for which the client asks for half
+    the span instead (see datagrepper.py)."""
+    status, params = exc.status, exc.params
+    if status in TIMEOUT_STATUSES and params.get("page") == 1 and params.get("rows_per_page"):
+        try:
+            span = round((float(params["end"]) - float(params["start"])) * US)
+        except (KeyError, TypeError, ValueError):
+            span = 0
+        if span >= US:  # ``end`` is inclusive: the window is longer than a second
+            return False
+    return status is None or status == 429 or status >= 500
+
+
+class _RetryingDatagrepper(Datagrepper):
+    """A client that asks again for a request that failed on the way (see :func:`_ask_again`),
+    after a backoff: a window takes many requests, and starting it over for each failed one
+    would never finish against a datagrepper that fails one request in a few."""
+
+    def __init__(
+        self,
+        url: str,
+        backoff: Callable[[], Backoff],
+        stop: threading.Event,
+        retried: Callable[[DatagrepperError, float], None],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(url, **kwargs)
+        self._backoff = backoff
+        self._stop = stop
+        self._retried = retried
+        #: the current run's abort (set by Backfill._fetch)
+        self.abort: threading.Event = stop
+
+    def raw(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        backoff = self._backoff()
+        for attempt in range(1, REQUEST_ATTEMPTS + 1):
+            try:
+                return super().raw(params)
+            except DatagrepperError as exc:
+                if attempt == REQUEST_ATTEMPTS or not _ask_again(exc):
+                    raise
+                wait = backoff.next()
+                self._retried(exc, wait)
+                if self._stop.wait(wait) or self.abort.is_set():
+                    raise Cancelled("stopped while asking again") from exc
+        raise AssertionError("unreachable")
 
 
 class Backfill:
@@ -145,13 +210,25 @@ class Backfill:
         session = requests.Session()
         session.headers["User-Agent"] = self.config.user_agent
         session.verify = self.config.verify_tls
-        return Datagrepper(
+        return _RetryingDatagrepper(
             self.config.url,
+            backoff=self._backoff,
+            stop=self.stop,
+            retried=self._request_retried,
             timeout=self.config.timeout.total_seconds(),
             rows_per_page=self.config.rows_per_page,
             session=session,
             max_span=self.config.window.total_seconds(),
         )
+
+    def _backoff(self) -> Backoff:
+        return Backoff(
+            self.config.retry_initial.total_seconds(), self.config.retry_max.total_seconds()
+        )
+
+    def _request_retried(self, exc: DatagrepperError, wait: float) -> None:
+        self.stats.requests_retried += 1
+        log.info("backfill: %s; asking again in %.1f s", exc, wait)
 
     def run(self, ranges: list[Range]) -> int:
         """Fetch and deliver every range; the number of messages delivered. Raises
@@ -195,9 +272,9 @@ class Backfill:
         client = getattr(self._local, "client", None)
         if client is None:
             client = self._local.client = self._client()
-        backoff = Backoff(
-            self.config.retry_initial.total_seconds(), self.config.retry_max.total_seconds()
-        )
+        if isinstance(client, _RetryingDatagrepper):
+            client.abort = abort
+        backoff = self._backoff()
         for attempt in range(1, self.config.retries + 1):
             try:
                 return client.window(window.start, window.end, abort)
