@@ -5,6 +5,10 @@ messages that flush covered to their sources (AMQP), and the Prometheus expositi
 which the HTTP server (its own threads) serves with the REST API. SIGTERM or SIGINT: stop the
 sources, handle what they already handed over, flush once more, acknowledge, let the sources
 close, exit 0.
+
+With a live source and ``backfill.enabled``, a gap filler thread (backfill.py) feeds the same
+queue with what datagrepper holds for the time the sources missed, window by window, each
+followed by a ``Covered`` marker that moves the checkpoint once its window is committed.
 """
 
 from __future__ import annotations
