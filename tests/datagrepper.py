@@ -67,10 +67,10 @@ import time
 import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import pytest
-from servers import Response, free_port, http_get, wait_until
+from servers import Response, free_port, http_get, missing, wait_until
 
 #: A datagrepper ``/raw`` item, a fedmsg envelope, or a fedora-messaging message dict.
 Item = dict[str, Any]
@@ -83,13 +83,6 @@ _VENV_HINT = (
     "'datagrepper==1.1.0' (with the schema packages of the project's [schemas] extra; "
     "psycopg2 builds: apt-get install libpq-dev gcc)"
 )
-
-
-def missing(reason: str) -> NoReturn:
-    """A missing installation: fails the test when ``CI=true``, skips it otherwise."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 def datagrepper_venv() -> Path:

@@ -38,11 +38,12 @@ import urllib.parse
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import pika
 import pytest
 from servers import free_port, require_binary
+from servers import missing as _missing
 
 if TYPE_CHECKING:
     from fedora_messaging.message import Message
@@ -75,13 +76,6 @@ def _find(name: str) -> str | None:
         return str(real)
     search = os.pathsep.join([os.environ.get("PATH", os.defpath), *_EXTRA_DIRS])
     return shutil.which(name, path=search)
-
-
-def _missing(reason: str) -> NoReturn:
-    """The rule of :func:`servers.require_binary`: fail in CI, skip elsewhere."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 def _tail(path: Path, chars: int = 3000) -> str:

@@ -26,7 +26,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -60,14 +60,19 @@ def require_binary(name: str) -> str:
     path = str(candidate) if os.access(candidate, os.X_OK) else shutil.which(name)
     if path is None:
         package = _PACKAGES.get(name, name)
-        reason = (
+        missing(
             f"{name} not found in /usr/bin or on PATH: install it with `make test-deps` "
             f"(the Debian package {package} provides it)"
         )
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
     return path
+
+
+def missing(reason: str) -> NoReturn:
+    """Something a test needs is not installed: the test fails in CI (``CI=true``), where
+    `make test` installs everything, and is skipped, saying why, on a developer machine."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
 
 
 def free_port() -> int:

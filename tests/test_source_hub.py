@@ -23,6 +23,7 @@ from servers import (
     _tail,
     free_port,
     http_get,
+    missing,
     parse_text,
     require_binary,
     total,
@@ -33,17 +34,10 @@ from test_source_zmq import Publisher, envelopes, expected_counts, store_by_cate
 ENTRY_POINT = "statscache_exporter.sources.hub:StatscacheConsumer"
 
 
-def _missing(reason: str) -> None:
-    """Fail in CI (``CI=true``), skip on a developer machine, as servers.require_binary."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
 def fedmsg_hub() -> str:
     """The ``fedmsg-hub`` beside this Python (fedmsg installs it), else one on the PATH."""
     if importlib.util.find_spec("moksha.hub") is None:
-        _missing("moksha.hub is not installed: fedmsg-hub needs pip install 'fedmsg[consumers]'")
+        missing("moksha.hub is not installed: fedmsg-hub needs pip install 'fedmsg[consumers]'")
     beside = Path(sys.executable).parent / "fedmsg-hub"
     return str(beside) if os.access(beside, os.X_OK) else require_binary("fedmsg-hub")
 
@@ -198,7 +192,7 @@ def test_fedmsg_hub_runs_the_exporter_and_counts_exactly(
 
 def test_a_disabled_consumer_runs_nothing(tmp_path: Path) -> None:
     if importlib.util.find_spec("moksha.hub") is None:
-        _missing("moksha.hub is not installed: pip install 'fedmsg[consumers]'")
+        missing("moksha.hub is not installed: pip install 'fedmsg[consumers]'")
     from statscache_exporter.sources.hub import StatscacheConsumer
 
     hub = SimpleNamespace(config={"statscache_exporter.config": str(tmp_path / "missing.yaml")})
@@ -209,7 +203,7 @@ def test_a_disabled_consumer_runs_nothing(tmp_path: Path) -> None:
 
 def test_a_bad_exporter_config_fails_the_consumer(tmp_path: Path) -> None:
     if importlib.util.find_spec("moksha.hub") is None:
-        _missing("moksha.hub is not installed: pip install 'fedmsg[consumers]'")
+        missing("moksha.hub is not installed: pip install 'fedmsg[consumers]'")
     from statscache_exporter.config import ConfigError
     from statscache_exporter.sources.hub import StatscacheConsumer
 

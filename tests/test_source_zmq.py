@@ -11,7 +11,6 @@ sleeping for ZeroMQ's slow joiner."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sqlite3
 import subprocess
@@ -26,7 +25,7 @@ from typing import Any
 import pytest
 import zmq
 from conftest import DATA, make_config
-from servers import exporter_process, free_port, total
+from servers import exporter_process, free_port, missing, total
 
 from statscache_exporter import message as messages
 from statscache_exporter.config import ConfigError, FedmsgSourceConfig
@@ -382,9 +381,7 @@ def gpg_home() -> Iterator[tuple[str, str]]:
     """A GnuPG home with one signing key: (its path, the key's fingerprint). Short path: the
     agent's socket lives in it."""
     if shutil.which("gpg") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("gpg not found: install the Debian package gnupg")
-        pytest.skip("gpg not found: install the Debian package gnupg")
+        missing("gpg not found: install the Debian package gnupg (make test-deps does)")
     home = tempfile.mkdtemp(prefix="gpg", dir="/tmp")
     try:
         subprocess.run(
@@ -453,7 +450,7 @@ def test_crypto_settings_come_from_fedmsgs_own_config_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if shutil.which("gpg") is None:
-        pytest.skip("gpg not found")  # the gpg test above says what to install
+        missing("gpg not found: install the Debian package gnupg (make test-deps does)")
     ssl = tmp_path / "ssl.py"
     ssl.write_text(
         f"config = dict(crypto_validate_backends=['gpg'], gpg_home={str(tmp_path)!r}, "
