@@ -42,6 +42,16 @@ def corpus_messages() -> list[dict[str, Any]]:
     return out
 
 
+@pytest.fixture(scope="session")
+def datagrepper_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One real datagrepper (tests/datagrepper.py) for the whole run; each test module empties
+    it with ``reset()`` as it needs (starting one costs a PostgreSQL cluster, ~3 s)."""
+    import datagrepper as harness
+
+    with harness.datagrepper_server(tmp_path_factory.mktemp("datagrepper")) as server:
+        yield server
+
+
 @pytest.fixture
 def open_store(tmp_path: Path) -> Iterator[Any]:
     """A factory of pipelines over one store file, closed at the end."""

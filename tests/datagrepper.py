@@ -16,12 +16,8 @@ would downgrade packages of the project's. The tests only talk to it over HTTP. 
 ``postgresql`` (server binaries in ``/usr/lib/postgresql/<version>/bin``). A missing piece fails
 the test when ``CI=true`` and skips it, saying why, on a developer machine.
 
-Use: one server per session, emptied before each test::
-
-    @pytest.fixture(scope="session")
-    def datagrepper_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Datagrepper]:
-        with datagrepper_server(tmp_path_factory.mktemp("datagrepper")) as server:
-            yield server
+Use: one server per session (the ``datagrepper_session`` fixture of conftest.py), emptied
+before each test::
 
     @pytest.fixture
     def datagrepper(datagrepper_session: Datagrepper) -> Datagrepper:

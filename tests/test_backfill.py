@@ -288,9 +288,9 @@ def dataset_times(base: int, start: float, rng: random.Random) -> tuple[list[flo
 
 
 @pytest.fixture(scope="module")
-def dg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[harness.Datagrepper]:
-    with harness.datagrepper_server(tmp_path_factory.mktemp("datagrepper")) as server:
-        yield server
+def dg(datagrepper_session: harness.Datagrepper) -> harness.Datagrepper:
+    """The session's datagrepper (conftest.py), for this module's tests."""
+    return datagrepper_session
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import datagrepper as harness
@@ -20,9 +19,9 @@ T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 
 
 @pytest.fixture(scope="module")
-def dg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[harness.Datagrepper]:
-    with harness.datagrepper_server(tmp_path_factory.mktemp("datagrepper")) as server:
-        yield server
+def dg(datagrepper_session: harness.Datagrepper) -> harness.Datagrepper:
+    """The session's datagrepper (conftest.py), for this module's tests."""
+    return datagrepper_session
 
 
 def config_for(tmp_path: Path, url: str) -> Path:

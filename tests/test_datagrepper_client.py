@@ -36,12 +36,6 @@ pytestmark = pytest.mark.integration
 T = 1_709_294_400.0
 
 
-@pytest.fixture(scope="session")
-def datagrepper_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[harness.Datagrepper]:
-    with harness.datagrepper_server(tmp_path_factory.mktemp("datagrepper")) as server:
-        yield server
-
-
 @pytest.fixture
 def dg(datagrepper_session: harness.Datagrepper) -> harness.Datagrepper:
     datagrepper_session.reset()

@@ -11,24 +11,17 @@ in tests/data/fedora_messaging.jsonl's form, /raw items of datagrepper_raw_page_
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from datagrepper import AddError, Datagrepper, Item, datagrepper_server, missing
+from datagrepper import AddError, Datagrepper, Item, missing
 
 pytestmark = pytest.mark.integration
 
 SAMPLE = Path(__file__).parent / "data" / "datagrepper_sample.jsonl"
 T0 = datetime(2024, 3, 1, 12, 0, 0, tzinfo=UTC)
-
-
-@pytest.fixture(scope="session")
-def datagrepper_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Datagrepper]:
-    with datagrepper_server(tmp_path_factory.mktemp("datagrepper")) as server:
-        yield server
 
 
 @pytest.fixture

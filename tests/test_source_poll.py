@@ -39,12 +39,6 @@ pytestmark = pytest.mark.integration
 DEADLINE = 20.0
 
 
-@pytest.fixture(scope="session")
-def datagrepper_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[harness.Datagrepper]:
-    with harness.datagrepper_server(tmp_path_factory.mktemp("datagrepper")) as server:
-        yield server
-
-
 @pytest.fixture
 def dg(datagrepper_session: harness.Datagrepper) -> Iterator[harness.Datagrepper]:
     datagrepper_session.reset()
