@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -126,7 +125,6 @@ class BackfillStats:
     #: single requests asked again (no answer, 429, 5xx) without starting their window over
     requests_retried: int = 0
     remaining_seconds: float = 0.0
-    started_at: float = field(default_factory=time.monotonic)
 
 
 #: hands one item to the pipeline; then a checkpoint once a window is complete

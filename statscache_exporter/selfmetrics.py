@@ -171,6 +171,11 @@ class SelfMetrics:
                 "Window reads that failed and were retried (or stopped the backfill)",
                 b.requests_failed,
             ),
+            (
+                "backfill_requests_retried",
+                "Single requests asked again (no answer, 429, 5xx) within a window read",
+                b.requests_retried,
+            ),
         ):
             yield self._family("counter", name, help, [], [((), value)])
         yield self._family(

@@ -258,13 +258,16 @@ def test_the_gap_fillers_progress_is_in_the_self_metrics(tmp_path: Path) -> None
     from statscache_exporter.selfmetrics import SelfMetrics
 
     daemon = daemon_for(tmp_path)
-    stats = BackfillStats(windows_done=2, messages=57, requests_failed=3, remaining_seconds=1800.5)
+    stats = BackfillStats(
+        windows_done=2, messages=57, requests_failed=3, requests_retried=4, remaining_seconds=1800.5
+    )
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SelfMetrics(daemon.pipeline, "statscache_", dict, backfill=lambda: stats))
     lines = generate_latest(registry).decode().splitlines()
     assert "statscache_exporter_backfill_messages_total 57.0" in lines
     assert "statscache_exporter_backfill_windows_total 2.0" in lines
     assert "statscache_exporter_backfill_requests_failed_total 3.0" in lines
+    assert "statscache_exporter_backfill_requests_retried_total 4.0" in lines
     assert "statscache_exporter_backfill_remaining_seconds 1800.5" in lines
     registry.unregister(next(iter(registry._collector_to_names)))
     registry.register(SelfMetrics(daemon.pipeline, "statscache_", dict))
