@@ -37,6 +37,26 @@ def username(rng: random.Random) -> str:
     return name
 
 
+PACKAGE_PREFIXES = (
+    ("",) * 10
+    + ("python-",) * 3
+    + ("rust-", "golang-github-") * 2
+    + names("perl- rubygem- nodejs- ghc- texlive- R- php- mingw-")
+)
+
+
+def package(rng: random.Random) -> str:
+    """Source package names, 4-45 characters (kernel, python-requests, rust-tokio-util, ...)."""
+    prefix = rng.choice(PACKAGE_PREFIXES)
+    parts = rng.randint(1, 3)
+    if prefix == "golang-github-":
+        parts = rng.randint(2, 3)
+    words = [word(rng, rng.randint(1, 4)) for _ in range(parts)]
+    if prefix in ("perl-", "R-"):
+        words = [w.capitalize() for w in words]
+    return prefix + "-".join(words)
+
+
 def machine(**versions: str) -> dict[str, Any]:
     """The machine and software a run was measured on (extra versions as keywords)."""
     model = ""
@@ -50,11 +70,24 @@ def machine(**versions: str) -> dict[str, Any]:
     return {
         "nproc": len(os.sched_getaffinity(0)),
         "cpu": model or platform.processor() or "unknown",
+        "ram_mb": ram_mb(),
+        "kernel": f"{platform.system()} {platform.release()}",
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "platform": platform.platform(),
         **versions,
         "loadavg": loadavg(),
     }
+
+
+def ram_mb() -> int | None:
+    """The machine's memory (MemTotal), in MiB; None where /proc/meminfo is unreadable."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def loadavg() -> str:

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import common
-from common import CATEGORIES, loadavg, log, names, username, word
+from common import CATEGORIES, loadavg, log, names, package, username
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client import generate_latest as prom_text
 from prometheus_client.openmetrics.exposition import generate_latest as prom_openmetrics
@@ -120,12 +120,6 @@ ACTIONS = names(
     "flag.removed tag.added tag.removed assigned reopened closed merged rebased "
     "decision.update rawhide.complete"
 )
-PACKAGE_PREFIXES = (
-    ("",) * 10
-    + ("python-",) * 3
-    + ("rust-", "golang-github-") * 2
-    + names("perl- rubygem- nodejs- ghc- texlive- R- php- mingw-")
-)
 KOJI_METHODS = names(
     "build buildArch buildSRPMFromSCM createrepo newRepo tagBuild tagNotification "
     "createImage livemedia runroot image waitrepo"
@@ -139,18 +133,6 @@ DATACENTRES = names("iad2 rdu3 rdu-cc")
 STATUSES = names("pending testing stable obsolete unpushed side_tag_active side_tag_expired")
 CONSONANTS = "bcdfghjklmnprstvwz"
 VOWELS = "aeiou"
-
-
-def package(rng: random.Random) -> str:
-    """Source package names, 4-45 characters (kernel, python-requests, rust-tokio-util, ...)."""
-    prefix = rng.choice(PACKAGE_PREFIXES)
-    parts = rng.randint(1, 3)
-    if prefix == "golang-github-":
-        parts = rng.randint(2, 3)
-    words = [word(rng, rng.randint(1, 4)) for _ in range(parts)]
-    if prefix in ("perl-", "R-"):
-        words = [w.capitalize() for w in words]
-    return prefix + "-".join(words)
 
 
 def topic(rng: random.Random) -> str:

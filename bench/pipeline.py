@@ -1,0 +1,369 @@
+#!/usr/bin/env python3
+"""Benchmark: messages per second through the whole pipeline (every bundled plugin, into the
+store), against merely decoding the same messages with ``json.loads``, at 10k, 100k and 1M
+messages.
+
+For each size, in one process, over a fresh store with the default configuration (flush every
+second or 20,000 messages, the cardinality cap at 10,000 series a metric, ``synchronous:
+full``): the scaled corpus (``bench/corpus.py``, seeded) is generated and serialized as JSON
+Lines in chunks (untimed), and each chunk is timed twice, the order alternating from chunk to
+chunk:
+
+- **json.loads**: ``json.loads(line)`` of every line;
+- **pipeline**: ``Pipeline.handle(line)`` of every line (decode, normalize, dedup, the six
+  bundled plugins, aggregation at 1 s, 1 m, 1 h and 1 d, and the flushes that fall due, each one
+  SQLite transaction), then the final flush: what ``statscache-exporter replay`` does with each
+  line of a file, without the file reading.
+
+**messages/s** = messages / the sum of the chunks' times (``time.perf_counter``); the **ratio**
+is pipeline messages/s over json.loads messages/s (target ≥ 0.5, printed as information).
+How it grows: each size's time per message over the smallest size's (1.00 or below: linear
+or better). Every run is checked: every message processed once, none rejected, and the store's
+``messages`` total equal to the size.
+
+``--profile N`` then runs N messages through a fresh pipeline under cProfile (not timed) and
+prints where the time goes: per module, and the functions with the most time of their own.
+
+Markdown on stdout, progress on stderr, ``--json PATH`` also writes the figures.
+
+    .venv/bin/python bench/pipeline.py [--sizes 10000 100000 1000000] [--profile 50000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import datetime as dt
+import json
+import pstats
+import sqlite3
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import common
+from common import loadavg, log
+from corpus import DEFAULT_SEED, Generator
+
+from statscache_exporter import config as configuration
+from statscache_exporter.pipeline import Pipeline, open_pipeline
+from statscache_exporter.plugin import Plugin, discover
+
+NAME = "pipeline"
+TARGET_RATIO = 0.5  # issue 9: at least half of json.loads's speed (information only)
+CHUNK = 20_000
+
+
+def bundled() -> dict[str, type[Plugin]]:
+    """The bundled plugins (statscache_plugins), not third-party ones a developer installed."""
+    return {i: c for i, c in discover().items() if c.__module__.startswith("statscache_plugins")}
+
+
+def open_fresh(root: Path, name: str) -> Pipeline:
+    """A pipeline over a fresh store with the default configuration."""
+    cfg = configuration.from_dict({"store": {"path": str(root / f"{name}.sqlite")}})
+    return open_pipeline(cfg, bundled())
+
+
+def chunks(gen: Generator, n: int, size: int) -> Iterator[list[str]]:
+    """The first ``n`` messages as JSON lines, ``size`` at a time."""
+    messages = gen.messages(n)
+    while True:
+        lines = [json.dumps(m) for _, m in zip(range(size), messages, strict=False)]
+        if not lines:
+            return
+        yield lines
+
+
+@dataclass
+class SizeResult:
+    messages: int
+    loads_seconds: float = 0.0
+    pipeline_seconds: float = 0.0
+    final_flush_seconds: float = 0.0
+    generate_seconds: float = 0.0
+    flushes: int = 0
+    series: dict[str, int] = field(default_factory=dict)
+    outcomes: dict[str, int] = field(default_factory=dict)
+    store_total: int = 0
+    store_bytes: int = 0
+
+    @property
+    def loads_rate(self) -> float:
+        return self.messages / self.loads_seconds
+
+    @property
+    def pipeline_rate(self) -> float:
+        return self.messages / self.pipeline_seconds
+
+    @property
+    def ratio(self) -> float:
+        return self.pipeline_rate / self.loads_rate
+
+    @property
+    def us_per_message(self) -> float:
+        return self.pipeline_seconds / self.messages * 1e6
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "messages": self.messages,
+            "pipeline_seconds": round(self.pipeline_seconds, 4),
+            "loads_seconds": round(self.loads_seconds, 4),
+            "final_flush_seconds": round(self.final_flush_seconds, 4),
+            "pipeline_messages_per_second": round(self.pipeline_rate, 1),
+            "loads_messages_per_second": round(self.loads_rate, 1),
+            "ratio": round(self.ratio, 4),
+            "us_per_message": round(self.us_per_message, 2),
+            "generate_seconds": round(self.generate_seconds, 2),
+            "flushes": self.flushes,
+            "series": self.series,
+            "outcomes": self.outcomes,
+            "store_total": self.store_total,
+            "store_bytes": self.store_bytes,
+        }
+
+
+def stored_total(path: Path) -> int:
+    """The store's ``messages`` total, read with SQLite directly."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        row = db.execute(
+            "SELECT t.value FROM totals t JOIN series s ON s.id = t.series "
+            "WHERE s.metric = 'messages'"
+        ).fetchone()
+    finally:
+        db.close()
+    return int(row[0]) if row else 0
+
+
+def run_size(n: int, seed: int, root: Path, chunk: int) -> SizeResult:
+    result = SizeResult(n)
+    pipeline = open_fresh(root, f"store-{n}")
+    handle = pipeline.handle
+    loads = json.loads
+    perf = time.perf_counter
+    outcomes: Counter[str] = Counter()
+    done = 0
+    try:
+        began = perf()
+        for i, lines in enumerate(chunks(Generator(seed), n, chunk)):
+            result.generate_seconds += perf() - began
+            for step in ("loads", "pipeline") if i % 2 == 0 else ("pipeline", "loads"):
+                if step == "loads":
+                    t0 = perf()
+                    for line in lines:
+                        loads(line)
+                    result.loads_seconds += perf() - t0
+                else:
+                    t0 = perf()
+                    for line in lines:
+                        outcomes[handle(line)] += 1
+                    result.pipeline_seconds += perf() - t0
+            done += len(lines)
+            if done % 100_000 < chunk or done == n:
+                log(f"  {done:,} / {n:,}: pipeline {done / result.pipeline_seconds:,.0f}/s")
+            began = perf()
+        t0 = perf()
+        pipeline.flush()
+        result.final_flush_seconds = perf() - t0
+        result.pipeline_seconds += result.final_flush_seconds
+        result.flushes = pipeline.stats.flushes
+        result.series = dict(sorted(pipeline.aggregator.series_per_metric.items()))
+    finally:
+        pipeline.store.close()
+    result.outcomes = dict(outcomes)
+    store = root / f"store-{n}.sqlite"
+    result.store_total = stored_total(store)
+    result.store_bytes = sum(p.stat().st_size for p in root.glob(f"store-{n}.sqlite*"))
+    if outcomes != Counter(processed=n) or result.store_total != n:
+        raise RuntimeError(
+            f"{n:,} messages: outcomes {dict(outcomes)}, the store's total {result.store_total}"
+        )
+    return result
+
+
+def profile(n: int, seed: int, root: Path, top: int) -> dict[str, Any]:
+    """``n`` messages through a fresh pipeline under cProfile: time per module and the
+    functions with the most time of their own."""
+    lines = [json.dumps(m) for m in Generator(seed).messages(n)]
+    pipeline = open_fresh(root, "store-profile")
+    profiler = cProfile.Profile()
+    try:
+        profiler.enable()
+        for line in lines:
+            pipeline.handle(line)
+        pipeline.flush()
+        profiler.disable()
+    finally:
+        pipeline.store.close()
+    # {(file, line, function): (primitive calls, calls, own time, cumulative time, callers)}
+    stats: dict[Any, Any] = vars(pstats.Stats(profiler))["stats"]
+    total = sum(v[2] for v in stats.values())
+    by_module: Counter[str] = Counter()
+    functions = []
+    for (path, line, func), (_, calls, own, cumulative, _) in stats.items():
+        module = module_of(path)
+        by_module[module] += own
+        functions.append(
+            {
+                "function": f"{module}:{line}({func})" if line else f"{module}({func})",
+                "calls": calls,
+                "own_seconds": round(own, 4),
+                "cumulative_seconds": round(cumulative, 4),
+            }
+        )
+    functions.sort(key=lambda f: -f["own_seconds"])
+    return {
+        "messages": n,
+        "seconds": round(total, 3),
+        "by_module": [
+            {"module": m, "own_seconds": round(s, 4), "share": round(s / total, 4)}
+            for m, s in by_module.most_common()
+        ],
+        "functions": functions[:top],
+    }
+
+
+def module_of(path: str) -> str:
+    """A short name for where a function lives: ``statscache_exporter/store.py``,
+    ``json/decoder.py``, or ``<built-in>``."""
+    if path == "~":
+        return "<built-in>"
+    parts = Path(path).parts
+    for anchor in ("statscache_exporter", "statscache_plugins", "plugins"):
+        if anchor in parts:
+            i = len(parts) - 1 - parts[::-1].index(anchor)
+            return "/".join(parts[i:])
+    if "site-packages" in parts:
+        i = parts.index("site-packages")
+        return "/".join(parts[i + 1 : i + 3])
+    return "/".join(parts[-2:])
+
+
+def markdown(report: dict[str, Any], results: list[SizeResult]) -> str:
+    m = report["machine"]
+    first = results[0]
+    lines = [
+        f"### {NAME}: messages through every bundled plugin into the store vs json.loads",
+        "",
+        f"{report['date']} · {m['nproc']} CPU ({m['cpu']}) · {m['python']} · SQLite "
+        f"{m['sqlite']} · seed {report['seed']} · chunks of {report['chunk']:,} · load "
+        f"average {m['loadavg']} at start, {report['loadavg_end']} at end",
+        "",
+        "| messages | pipeline s | pipeline messages/s | json.loads messages/s | ratio "
+        "| µs a message | vs first size | flushes | series |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.messages:,} | {r.pipeline_seconds:.2f} | {r.pipeline_rate:,.0f} "
+            f"| {r.loads_rate:,.0f} | {r.ratio:.3f} | {r.us_per_message:.1f} "
+            f"| {r.us_per_message / first.us_per_message:.2f} | {r.flushes:,} "
+            f"| {sum(r.series.values()):,} |"
+        )
+    last = results[-1]
+    verdict = "PASS" if last.ratio >= TARGET_RATIO else "FAIL"
+    growth = last.us_per_message / first.us_per_message
+    shape = "linear or better" if growth <= 1.1 else "worse than linear"
+    lines += [
+        "",
+        f"Target: ratio ≥ {TARGET_RATIO} at {last.messages:,} messages: **{last.ratio:.3f}** "
+        f"({verdict}). Growth: the time per message at {last.messages:,} is {growth:.2f}x "
+        f"that at {first.messages:,} ({shape}; within 10% counts as linear).",
+        "",
+        "Every run: each message processed once, none rejected, the store's `messages` total "
+        "equal to the size. ratio = pipeline messages/s / json.loads messages/s of the same "
+        "lines in the same run.",
+    ]
+    prof = report.get("profile")
+    if prof:
+        lines += [
+            "",
+            f"Where the time goes (cProfile over {prof['messages']:,} messages, "
+            f"{prof['seconds']:.2f} s under the profiler): time spent in each module's own code",
+            "",
+            "| module | own s | share |",
+            "|---|---:|---:|",
+        ]
+        for row in prof["by_module"][:12]:
+            lines.append(f"| `{row['module']}` | {row['own_seconds']:.3f} | {row['share']:.1%} |")
+        lines += [
+            "",
+            "| function (most own time) | calls | own s | cumulative s |",
+            "|---|---:|---:|---:|",
+        ]
+        for f in prof["functions"][:15]:
+            lines.append(
+                f"| `{f['function']}` | {f['calls']:,} | {f['own_seconds']:.3f} "
+                f"| {f['cumulative_seconds']:.3f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[10_000, 100_000, 1_000_000],
+        help="messages per run (default 10000 100000 1000000)",
+    )
+    parser.add_argument("--chunk", type=int, default=CHUNK, help=f"lines per chunk ({CHUNK})")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument(
+        "--profile", type=int, default=0, metavar="N", help="then profile N messages (0: no)"
+    )
+    parser.add_argument("--top", type=int, default=25, help="functions kept in the profile")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures here")
+    args = parser.parse_args(argv)
+    if min(args.sizes) < 1 or args.chunk < 1 or args.profile < 0:
+        parser.error("--sizes and --chunk must be at least 1, --profile at least 0")
+    sizes = sorted(args.sizes)
+    started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    info = common.machine(
+        sqlite=sqlite3.sqlite_version, statscache_exporter=version("statscache-exporter")
+    )
+    results: list[SizeResult] = []
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
+        root = Path(tmp)
+        for n in sizes:
+            log(f"{n:,} messages")
+            results.append(run_size(n, args.seed, root, args.chunk))
+        prof = None
+        if args.profile:
+            log(f"profiling {args.profile:,} messages")
+            prof = profile(args.profile, args.seed, root, args.top)
+    last, first = results[-1], results[0]
+    report: dict[str, Any] = {
+        "benchmark": NAME,
+        "date": started,
+        "machine": info,
+        "seed": args.seed,
+        "chunk": args.chunk,
+        "unit": "messages/s",
+        "results": [r.as_dict() for r in results],
+        "ratio": last.ratio,
+        "target_ratio": TARGET_RATIO,
+        "pass": last.ratio >= TARGET_RATIO,
+        "growth": last.us_per_message / first.us_per_message,
+        "profile": prof,
+        "loadavg_end": loadavg(),
+    }
+    text = markdown(report, results)
+    report["markdown"] = text
+    sys.stdout.write(text)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
