@@ -33,7 +33,8 @@ REJECT_REASONS = (
     "unknown_shape",  # an object, but none of the four message shapes
     "no_topic",  # topic missing, empty or not a string
     "bad_timestamp",  # timestamp missing, not a number/ISO 8601 string, or before the epoch
-    "bad_body",  # the body is not a JSON object
+    "bad_body",  # the body is not a JSON object (or, in a message without an id, too deeply
+    # nested or with keys too mixed to hash into one)
     "bad_id",  # the id is present but not a non-empty string
     "future_timestamp",  # further in the future than the configured clock skew (pipeline)
     "bad_unicode",  # the topic or id holds a lone surrogate: no UTF-8 can carry it
@@ -246,17 +247,22 @@ def _build(
 def _carried_from_headers(headers: Mapping[str, Any]) -> _Carried:
     """fedora-messaging's header flags: ``fedora_messaging_user_<name>: true`` and
     ``fedora_messaging_rpm_<pkg>: true``. A kind with no flag is unknown, not empty; the
-    headers carry no agent."""
-    users = sorted(
-        {k[len(_USER_FLAG) :] for k, v in headers.items() if k.startswith(_USER_FLAG) and v}
+    headers carry no agent. A flag naming nothing (``fedora_messaging_user_`` alone) or a name
+    no UTF-8 can carry is dropped, as it is from datagrepper's lists."""
+    users = _string_list(
+        [k[len(_USER_FLAG) :] for k, v in headers.items() if _flag(k, v, _USER_FLAG)]
     )
-    pkgs = sorted(
-        {k[len(_PACKAGE_FLAG) :] for k, v in headers.items() if k.startswith(_PACKAGE_FLAG) and v}
+    pkgs = _string_list(
+        [k[len(_PACKAGE_FLAG) :] for k, v in headers.items() if _flag(k, v, _PACKAGE_FLAG)]
     )
     return _Carried(
-        usernames=tuple(users) if users else None,
-        packages=tuple(pkgs) if pkgs else None,
+        usernames=users if users else None,
+        packages=pkgs if pkgs else None,
     )
+
+
+def _flag(key: Any, value: Any, prefix: str) -> bool:
+    return isinstance(key, str) and key.startswith(prefix) and bool(value)
 
 
 def _topic(value: Any) -> str:
@@ -315,7 +321,17 @@ def _message_id(value: Any, key: str, topic: str, when: datetime, body: Mapping[
     """The message's id; a message without one (old fedmsg test envelopes) gets a stable
     ``sha256:`` id of its topic, time and body, so that replaying it twice still dedups."""
     if value is None:
-        canonical = json.dumps([topic, when.timestamp(), body], sort_keys=True, default=str)
+        try:
+            canonical = json.dumps([topic, when.timestamp(), body], sort_keys=True, default=str)
+        except RecursionError:
+            # JSON parsers stop near 1,000 levels, a message built in Python may go deeper
+            raise Rejected(
+                "bad_body", f"has no {key} and its body is nested too deeply to identify it"
+            ) from None
+        except (TypeError, ValueError) as exc:  # keys of mixed types cannot be sorted
+            raise Rejected(
+                "bad_body", f"has no {key} and its body cannot be hashed: {exc}"
+            ) from None
         return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
     if not isinstance(value, str) or not value:
         raise Rejected("bad_id", f"{key} is {value!r}")
