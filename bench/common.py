@@ -6,8 +6,12 @@ from __future__ import annotations
 import os
 import platform
 import random
+import re
+import socket
 import string
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +21,42 @@ CONSONANTS, VOWELS = "bcdfghjklmnprstvwz", "aeiou"
 def log(text: str) -> None:
     """Progress, on stderr: stdout carries the table."""
     print(text, file=sys.stderr, flush=True)
+
+
+# No proxy for loopback servers, whatever the environment says.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def http_get(url: str, headers: dict[str, str] | None = None, timeout: float = 10.0) -> bytes:
+    """The body of a GET (no proxies); an HTTP error status raises ``urllib.error.HTTPError``."""
+    request = urllib.request.Request(url, headers=headers or {})
+    with _OPENER.open(request, timeout=timeout) as r:
+        body: bytes = r.read()
+    return body
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (bound to port 0, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """The memory lines of ``/proc/PID/status`` (VmHWM, VmRSS, ...), in kB."""
+    out: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        m = re.match(r"(Vm\w+|Rss\w+):\s+(\d+) kB", line)
+        if m:
+            out[m.group(1)] = int(m.group(2))
+    return out
+
+
+def sample_values(exposition: str, name: str) -> dict[str, float]:
+    """Every sample ``name`` of a text exposition: its label text (``{...}`` or "") -> value.
+    A plain scan, for the exporter's few self-metrics, without parsing the whole body."""
+    pattern = re.compile(rf"^{re.escape(name)}(\{{[^\n]*\}})? (\S+)$", re.M)
+    return {m.group(1) or "": float(m.group(2)) for m in pattern.finditer(exposition)}
 
 
 def names(text: str) -> tuple[str, ...]:
