@@ -22,15 +22,16 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 import requests
 
-from statscache_exporter.config import BackfillConfig
+from statscache_exporter.config import BackfillConfig, Config
 from statscache_exporter.datagrepper import (
     TIMEOUT_STATUSES,
     US,
@@ -39,7 +40,9 @@ from statscache_exporter.datagrepper import (
     DatagrepperError,
     Item,
 )
+from statscache_exporter.plugin import Plugin
 from statscache_exporter.sources.backoff import Backoff
+from statscache_exporter.store import PluginHistory
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +82,36 @@ def plan(
     return merge(r for r in wanted if r.end > r.start)
 
 
+def plugin_history(
+    config: Config, plugin: type[Plugin], registered_at: float, covered_until: float
+) -> tuple[float, float, float] | None:
+    """(start, end, cutoff) of the history a plugin added to a store with a checkpoint gets
+    for itself alone (see :class:`~statscache_exporter.store.PluginHistory`): from its
+    ``backlog_delta`` (``plugins.<ident>.backlog_delta``, else the plugin's own) before now,
+    else from ``backfill.epoch``, else ``initial_backfill`` back; None when none is set. It
+    ends at now plus the overlap (messages the store counted before the plugin existed can be
+    that recent); ``cutoff``: the checkpoint less the overlap, from where the shared backfill
+    fetches for every plugin."""
+    b = config.backfill
+    settings = config.plugins.get(plugin.ident)
+    backlog = settings.backlog_delta if settings and settings.backlog_delta else None
+    backlog = backlog or plugin.backlog_delta
+    epoch = b.epoch_time()
+    if backlog is not None:
+        start = registered_at - backlog.total_seconds()
+    elif epoch is not None:
+        start = epoch
+    elif b.initial_backfill is not None:
+        start = registered_at - b.initial_backfill.total_seconds()
+    else:
+        return None
+    if epoch is not None:
+        start = max(start, epoch)
+    overlap = b.overlap.total_seconds()
+    end = registered_at + overlap
+    return (start, end, covered_until - overlap) if start < end else None
+
+
 def merge(ranges: Iterable[Range]) -> list[Range]:
     merged: list[Range] = []
     for r in sorted(ranges):
@@ -116,15 +149,95 @@ class BackfillError(Exception):
 
 @dataclass
 class BackfillStats:
-    """Progress, for logs and self-metrics."""
+    """Progress, for the progress display, logs and self-metrics."""
 
     windows_total: int = 0
     windows_done: int = 0
     messages: int = 0
+    #: requests made to datagrepper (each attempt)
+    requests: int = 0
     requests_failed: int = 0
     #: single requests asked again (no answer, 429, 5xx) without starting their window over
     requests_retried: int = 0
+    #: spans asked for again in halves after a 502/504
+    splits: int = 0
     remaining_seconds: float = 0.0
+    #: the time range of the current run, when it started (monotonic), and the messages
+    #: delivered before it (the counts above add up over runs)
+    range_seconds: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+    messages_before: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def count(self, what: str) -> None:
+        """Add one to a counter; the window threads call it."""
+        with self.lock:
+            setattr(self, what, getattr(self, what) + 1)
+
+    def rate(self) -> float:
+        """Messages per second since the current run started."""
+        elapsed = time.monotonic() - self.started
+        return (self.messages - self.messages_before) / elapsed if elapsed > 0 else 0.0
+
+    def eta(self) -> float | None:
+        """Seconds until the current run is done, at its pace so far; None before a window."""
+        done = self.range_seconds - self.remaining_seconds
+        elapsed = time.monotonic() - self.started
+        if done <= 0 or elapsed <= 0:
+            return None
+        return max(0.0, self.remaining_seconds) * elapsed / done
+
+    def summary(self) -> str:
+        eta = self.eta()
+        return (
+            f"{self.windows_done}/{self.windows_total} windows, {self.messages:,} messages, "
+            f"{_span(self.remaining_seconds)} of history left, {self.rate():,.0f} msg/s, "
+            f"ETA {'?' if eta is None else _span(eta)}"
+        )
+
+
+def _span(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+class LogProgress:
+    """Progress as plain log lines, at most one every ``every`` seconds (and at the end)."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.every = every
+        self._last = time.monotonic()
+
+    def __call__(self, stats: BackfillStats, done: bool = False) -> None:
+        now = time.monotonic()
+        if done or now - self._last >= self.every:
+            self._last = now
+            log.info("backfill: %s", stats.summary())
+
+
+class BarProgress:
+    """Progress as a bar redrawn in place on a terminal (``stream``, e.g. stderr)."""
+
+    WIDTH = 24
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def __call__(self, stats: BackfillStats, done: bool = False) -> None:
+        part = stats.windows_done / stats.windows_total if stats.windows_total else 1.0
+        filled = round(part * self.WIDTH)
+        bar = "#" * filled + "." * (self.WIDTH - filled)
+        self.stream.write(f"\r\x1b[K[{bar}] {stats.summary()}" + ("\n" if done else ""))
+        self.stream.flush()
+
+
+#: told of the progress after each window, and once more when a run ends (``done``)
+Progress = Callable[..., None]
 
 
 #: hands one item to the pipeline; then a checkpoint once a window is complete
@@ -161,18 +274,21 @@ class _RetryingDatagrepper(Datagrepper):
         backoff: Callable[[], Backoff],
         stop: threading.Event,
         retried: Callable[[DatagrepperError, float], None],
+        stats: BackfillStats,
         **kwargs: Any,
     ) -> None:
         super().__init__(url, **kwargs)
         self._backoff = backoff
         self._stop = stop
         self._retried = retried
+        self._stats = stats
         #: the current run's abort (set by Backfill._fetch)
         self.abort: threading.Event = stop
 
     def raw(self, params: Mapping[str, Any]) -> dict[str, Any]:
         backoff = self._backoff()
         for attempt in range(1, REQUEST_ATTEMPTS + 1):
+            self._stats.count("requests")
             try:
                 return super().raw(params)
             except DatagrepperError as exc:
@@ -183,6 +299,9 @@ class _RetryingDatagrepper(Datagrepper):
                 if self._stop.wait(wait) or self.abort.is_set():
                     raise Cancelled("stopped while asking again") from exc
         raise AssertionError("unreachable")
+
+    def split(self, lo: int, hi: int) -> None:
+        self._stats.count("splits")
 
 
 class Backfill:
@@ -195,12 +314,14 @@ class Backfill:
         cover: Cover,
         stop: threading.Event | None = None,
         client: Callable[[], Datagrepper] | None = None,
+        progress: Progress | None = None,
     ) -> None:
         self.config = config
         self.deliver = deliver
         self.cover = cover
         self.stop = stop or threading.Event()
         self._client = client or self._new_client
+        self.progress: Progress = progress or LogProgress()
         self.stats = BackfillStats()
         self._local = threading.local()
 
@@ -213,6 +334,7 @@ class Backfill:
             backoff=self._backoff,
             stop=self.stop,
             retried=self._request_retried,
+            stats=self.stats,
             timeout=self.config.timeout.total_seconds(),
             rows_per_page=self.config.rows_per_page,
             session=session,
@@ -225,19 +347,26 @@ class Backfill:
         )
 
     def _request_retried(self, exc: DatagrepperError, wait: float) -> None:
-        self.stats.requests_retried += 1
+        self.stats.count("requests_retried")
         log.info("backfill: %s; asking again in %.1f s", exc, wait)
 
-    def run(self, ranges: list[Range]) -> int:
-        """Fetch and deliver every range; the number of messages delivered. Raises
-        :class:`BackfillError` when a window keeps failing (what came before it is
-        delivered and covered), :class:`Cancelled` when stopped."""
+    def run(
+        self, ranges: list[Range], deliver: Deliver | None = None, cover: Cover | None = None
+    ) -> int:
+        """Fetch and deliver every range (to ``deliver`` and ``cover`` if given, else the
+        backfill's own); the number of messages delivered. Raises :class:`BackfillError` when
+        a window keeps failing (what came before it is delivered and covered),
+        :class:`Cancelled` when stopped."""
         todo = list(windows(ranges, self.config.window.total_seconds()))
-        self.stats.windows_total = len(todo)
-        self.stats.remaining_seconds = sum(w.end - w.start for w in todo)
+        stats = self.stats
+        with stats.lock:
+            stats.windows_total += len(todo)
+            stats.range_seconds = stats.remaining_seconds = sum(w.end - w.start for w in todo)
+            stats.started, stats.messages_before = time.monotonic(), stats.messages
         if not todo:
             return 0
         log.info("backfill: %d windows, %s", len(todo), ", ".join(map(str, ranges)))
+        hand = (deliver or self.deliver, cover or self.cover)
         abort = _Linked(self.stop)
         with ThreadPoolExecutor(self.config.concurrency, thread_name_prefix="backfill") as pool:
             pending: list[tuple[Range, Future[list[Item]]]] = []
@@ -245,25 +374,30 @@ class Backfill:
                 for window in todo:  # keep `concurrency` windows in flight, deliver in order
                     pending.append((window, pool.submit(self._fetch, window, abort)))
                     if len(pending) >= self.config.concurrency:
-                        self._deliver(*pending.pop(0))
+                        self._deliver(*pending.pop(0), *hand)
                 while pending:
-                    self._deliver(*pending.pop(0))
+                    self._deliver(*pending.pop(0), *hand)
             except BaseException:
                 abort.set()  # the other windows stop at their next request
                 for _, future in pending:
                     future.cancel()
                 raise
-        log.info("backfill: done, %d messages", self.stats.messages)
-        return self.stats.messages
+        self.progress(stats, done=True)
+        log.info("backfill: done, %d messages", stats.messages - stats.messages_before)
+        return stats.messages - stats.messages_before
 
-    def _deliver(self, window: Range, future: Future[list[Item]]) -> None:
+    def _deliver(
+        self, window: Range, future: Future[list[Item]], deliver: Deliver, cover: Cover
+    ) -> None:
         items = future.result()
         for item in items:
-            self.deliver(item)
-        self.cover(window.end)
-        self.stats.messages += len(items)
-        self.stats.windows_done += 1
-        self.stats.remaining_seconds -= window.end - window.start
+            deliver(item)
+        cover(window.end)
+        with self.stats.lock:
+            self.stats.messages += len(items)
+            self.stats.windows_done += 1
+            self.stats.remaining_seconds -= window.end - window.start
+        self.progress(self.stats)
 
     def _fetch(self, window: Range, abort: threading.Event) -> list[Item]:
         """One window, retried with backoff; each worker thread keeps its own client."""
@@ -277,7 +411,7 @@ class Backfill:
             try:
                 return client.window(window.start, window.end, abort)
             except DatagrepperError as exc:
-                self.stats.requests_failed += 1
+                self.stats.count("requests_failed")
                 if attempt == self.config.retries:
                     raise BackfillError(
                         f"backfill stopped: the window {window} failed {attempt} times, last: "
@@ -316,9 +450,38 @@ class GapFilled:
     end: float
 
 
+@dataclass(frozen=True)
+class ForPlugins:
+    """Put in the pipeline's queue: a message of some new plugins' own history, for them
+    alone (see :class:`~statscache_exporter.store.PluginHistory`)."""
+
+    plugins: tuple[str, ...]
+    item: Item
+
+
+@dataclass(frozen=True)
+class PluginsCovered:
+    """Put in the pipeline's queue after a window of some new plugins' own history."""
+
+    plugins: tuple[str, ...]
+    until: float
+
+
+def history_jobs(histories: Iterable[PluginHistory]) -> list[tuple[tuple[str, ...], Range]]:
+    """What is left of the new plugins' own histories, one fetch for the plugins that share
+    a range (plugins added together)."""
+    jobs: dict[Range, list[str]] = {}
+    for h in histories:
+        left = Range(max(h.start, h.covered_until or h.start), h.end)
+        if left.end > left.start:
+            jobs.setdefault(left, []).append(h.ident)
+    return [(tuple(idents), r) for r, idents in sorted(jobs.items())]
+
+
 class GapFiller:
     """The backfill thread of ``run``: first what was missed before the start (advancing the
-    checkpoint window by window), then each outage a live source reports, as it is recorded."""
+    checkpoint window by window), then the own history of plugins new to the store (for them
+    alone), then each outage a live source reports, as it is recorded."""
 
     def __init__(
         self,
@@ -327,17 +490,30 @@ class GapFiller:
         stop: threading.Event,
         first: list[Range],
         gaps: Iterable[tuple[str, float, float]] = (),
+        histories: Iterable[PluginHistory] = (),
     ) -> None:
         self.config = config
         self.emit = emit
         self.stop = stop
         self.first = first
+        self.histories = history_jobs(histories)
         self.jobs: list[tuple[str, float, float]] = list(gaps)
         self.lock = threading.Condition()
         self.caught_up = threading.Event()
         self.failed: str | None = None
         self.backfill = Backfill(config, emit, lambda t: emit(Covered(t)), stop)
         self._busy = False
+
+    def _handing_to(self, idents: tuple[str, ...]) -> tuple[Deliver, Cover]:
+        """Deliver and cover for the own history of these plugins."""
+
+        def deliver(item: Item) -> None:
+            self.emit(ForPlugins(idents, item))
+
+        def cover(until: float) -> None:
+            self.emit(PluginsCovered(idents, until))
+
+        return deliver, cover
 
     def add_gap(self, source: str, start: float, end: float) -> None:
         with self.lock:
@@ -352,6 +528,9 @@ class GapFiller:
     def run(self) -> None:
         try:
             self.backfill.run(self.first)
+            for idents, history in self.histories:
+                log.info("backfill: the history of %s, for them alone", ", ".join(idents))
+                self.backfill.run([history], *self._handing_to(idents))
             self.caught_up.set()
             while not self.stop.is_set():
                 with self.lock:

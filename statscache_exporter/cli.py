@@ -251,7 +251,14 @@ def _plugins(config: Config, args: argparse.Namespace) -> int:
 
 
 def _backfill(config: Config, args: argparse.Namespace) -> int:
-    from statscache_exporter.backfill import Backfill, BackfillError, Range, windows
+    from statscache_exporter.backfill import (
+        Backfill,
+        BackfillError,
+        BarProgress,
+        LogProgress,
+        Range,
+        windows,
+    )
     from statscache_exporter.datagrepper import Cancelled
     from statscache_exporter.pipeline import open_pipeline
 
@@ -272,7 +279,8 @@ def _backfill(config: Config, args: argparse.Namespace) -> int:
     def deliver(item: dict[str, Any]) -> None:
         pipeline.handle(item, "backfill")
 
-    filler = Backfill(config.backfill, deliver, _no_cover, stop)
+    progress = BarProgress(sys.stderr) if sys.stderr.isatty() else LogProgress()
+    filler = Backfill(config.backfill, deliver, _no_cover, stop, progress=progress)
     started = time.monotonic()
     code = EXIT_OK
     try:
@@ -291,7 +299,9 @@ def _backfill(config: Config, args: argparse.Namespace) -> int:
         "duplicates": stats.duplicates.get("backfill", 0),
         "rejected": sum(n for (src, _), n in stats.rejected.items() if src == "backfill"),
         "windows": filler.stats.windows_done,
+        "requests": filler.stats.requests,
         "requests_failed": filler.stats.requests_failed,
+        "splits": filler.stats.splits,
         "seconds": round(time.monotonic() - started, 3),
     }
     if args.json:

@@ -8,7 +8,9 @@ close, exit 0.
 
 With a live source and ``backfill.enabled``, a gap filler thread (backfill.py) feeds the same
 queue with what datagrepper holds for the time the sources missed, window by window, each
-followed by a ``Covered`` marker that moves the checkpoint once its window is committed.
+followed by a ``Covered`` marker that moves the checkpoint once its window is committed; then,
+for plugins new to the store, their own history (``ForPlugins``, ``PluginsCovered``), counted
+for them alone.
 """
 
 from __future__ import annotations
@@ -24,7 +26,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from statscache_exporter import restapi
-from statscache_exporter.backfill import BackfillStats, Covered, GapFilled, GapFiller, plan
+from statscache_exporter.backfill import (
+    BackfillStats,
+    Covered,
+    ForPlugins,
+    GapFilled,
+    GapFiller,
+    PluginsCovered,
+    plan,
+)
 from statscache_exporter.config import (
     Config,
     DatagrepperSourceConfig,
@@ -229,7 +239,12 @@ class Daemon:
         covered = store.covered_until()
         first = plan(self.config.backfill, covered.timestamp() if covered else None, time.time())
         self.filler = GapFiller(
-            self.config.backfill, self.context("backfill").emit, self.stop, first, store.gaps()
+            self.config.backfill,
+            self.context("backfill").emit,
+            self.stop,
+            first,
+            store.gaps(),
+            self.pipeline.histories.values(),
         )
         t = threading.Thread(target=self.filler.run, name="backfill", daemon=True)
         t.start()
@@ -237,6 +252,12 @@ class Daemon:
     def start(self) -> None:
         if self.config.backfill.enabled and self._live():
             self._start_backfill()
+        elif self.pipeline.histories:
+            log.warning(
+                "plugins %s are new to this store; their own history is fetched by the gap "
+                "filler, which runs with backfill.enabled and a live source",
+                ", ".join(self.pipeline.histories),
+            )
         if self.web is not None:
             self.web.start()
         if self.influx is not None:
@@ -284,8 +305,14 @@ class Daemon:
         if isinstance(raw, GapFilled):
             self._filled.append(raw)
             return
+        if isinstance(raw, PluginsCovered):
+            self.pipeline.cover_plugins(raw.plugins, raw.until)
+            return
         flushes = self.pipeline.stats.flushes
-        self.pipeline.handle(raw, name)
+        if isinstance(raw, ForPlugins):
+            self.pipeline.handle_for(raw.item, raw.plugins, name)
+        else:
+            self.pipeline.handle(raw, name)
         if ack is not None:
             self.acks.append(ack)
         if self.pipeline.stats.flushes != flushes:

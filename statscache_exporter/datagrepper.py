@@ -188,6 +188,7 @@ class Datagrepper:
             if exc.status not in TIMEOUT_STATUSES or hi - lo <= US:
                 raise
             half = lo + (hi - lo) // 2
+            self.split(lo, hi)
             log.info(
                 "datagrepper %s gave HTTP %s for %.0f s, asking for %.0f s",
                 self.url,
@@ -196,6 +197,10 @@ class Datagrepper:
                 (half - lo) / US,
             )
             return self._page(lo, half, 1, self.rows_per_page).items, half
+
+    def split(self, lo: int, hi: int) -> None:
+        """Told when the span ``[lo, hi)`` (microseconds) is asked for again in halves; a hook
+        for counting."""
 
     def _crowded(
         self, lo: int, hi: int, first: list[Item], stop: threading.Event | None

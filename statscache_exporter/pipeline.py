@@ -30,10 +30,11 @@ through a queue. Plugins are pure and never see the store.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -43,7 +44,7 @@ from statscache_exporter.aggregate import Aggregator, Batch
 from statscache_exporter.config import Config, ConfigError, build, format_duration
 from statscache_exporter.message import Message, Rejected
 from statscache_exporter.plugin import Metric, Output, Plugin, PluginError, check_unique_metrics
-from statscache_exporter.store import FlushResult, Store, StoreError
+from statscache_exporter.store import FlushResult, PluginHistory, Store, StoreError
 
 if TYPE_CHECKING:
     from statscache_exporter.influx import InfluxSink
@@ -62,6 +63,8 @@ class Stats:
     duplicates: Counter[str] = field(default_factory=Counter)
     rejected: Counter[tuple[str, str]] = field(default_factory=Counter)  # (source, reason)
     plugin_errors: Counter[str] = field(default_factory=Counter)
+    #: messages of a new plugin's own history counted for it alone, per plugin
+    plugin_history: Counter[str] = field(default_factory=Counter)
     #: emissions sent to the overflow series by the cap, per (plugin, metric)
     series_overflow: Counter[tuple[str, str]] = field(default_factory=Counter)
     #: base-resolution bucket changes not queued for InfluxDB because its outbox was full
@@ -165,6 +168,36 @@ class Pipeline:
         #: and whether the sink still takes more (its outbox is bounded)
         self.outbox_resolution: int | None = None
         self.outbox_accepting: Callable[[], bool] = lambda: True
+        #: plugins added to a store that had history, whose own history is still to fetch
+        self.histories: dict[str, PluginHistory] = self._register_plugins()
+        self._plugin_ids: dict[str, set[str]] = {}
+        self._plugin_covered: dict[str, float] = {}
+
+    def _register_plugins(self) -> dict[str, PluginHistory]:
+        """Record the plugins running for the first time on this store; one added to a store
+        that already has a checkpoint (and has no series of its own) gets its own range of
+        history (see :func:`~statscache_exporter.backfill.plugin_history`)."""
+        from statscache_exporter.backfill import Range, plugin_history
+
+        # wall-clock time, as the store stamps `seen` (which _owed compares with it)
+        now, covered = time.time(), self.store.covered_until()
+        for runner in self._runners:
+            if runner.ident not in self.store.unregistered([runner.ident]):
+                continue
+            history = None
+            if covered is not None and not self.store.has_series(runner.ident):
+                history = plugin_history(self.config, type(runner.plugin), now, covered.timestamp())
+                log.info(
+                    "plugin %s is new to this store: %s",
+                    runner.ident,
+                    "no history to fetch for it (set its backlog_delta or backfill.epoch)"
+                    if history is None
+                    else f"its own history, {Range(history[0], history[1])}, is fetched for it "
+                    "alone when the gap filler runs",
+                )
+            self.store.register_plugin(runner.ident, now, history)
+        idents = set(self.plugin_idents)
+        return {h.ident: h for h in self.store.plugin_histories() if h.ident in idents}
 
     @property
     def plugin_idents(self) -> list[str]:
@@ -183,6 +216,46 @@ class Pipeline:
     def handle(self, raw: Any, source: str = "replay") -> Outcome:
         """Take one message in any shape (bytes, str, dict, fedora-messaging object)."""
         self.stats.received[source] += 1
+        message = self._normalize(raw, source)
+        return "rejected" if message is None else self.process(message, source)
+
+    def handle_for(self, raw: Any, idents: Iterable[str], source: str = "backfill") -> Outcome:
+        """A message of some new plugins' own history (see :class:`PluginHistory`): counted
+        for those of them that have not counted it yet, and for no other plugin."""
+        self.stats.received[source] += 1
+        message = self._normalize(raw, source)
+        if message is None:
+            return "rejected"
+        runners = [r for r in self._runners if r.ident in idents and self._owed(r.ident, message)]
+        if not runners:
+            self.stats.duplicates[source] += 1
+            return "duplicate"
+        for runner in runners:
+            self._plugin_ids.setdefault(runner.ident, set()).add(message.id)
+            self.stats.plugin_history[runner.ident] += 1
+        self._run(runners, message)
+        self._flush_if_due()
+        return "processed"
+
+    def _owed(self, ident: str, message: Message) -> bool:
+        """Whether a message of ``ident``'s own history is still to be counted for it alone:
+        not yet counted for it, and either counted for the others before it was registered or
+        older than where the shared backfill counts for every plugin."""
+        history = self.histories.get(ident)
+        if history is None or message.id in self._pending_ids:
+            return False
+        pending = self._plugin_ids.get(ident)
+        if (pending is not None and message.id in pending) or self.store.seen_by_plugin(
+            ident, message.id
+        ):
+            return False
+        seen_at = self.store.seen_at(message.id)
+        if seen_at is not None:
+            return seen_at < history.registered_at
+        return message.epoch < history.cutoff
+
+    def _normalize(self, raw: Any, source: str) -> Message | None:
+        """The message, or None when it is rejected (counted and logged)."""
         try:
             obj = messages.loads(raw) if isinstance(raw, bytes | str) else raw
             message = messages.normalize(obj, self._environments, self._use_schemas)
@@ -194,12 +267,12 @@ class Pipeline:
                 )
         except Rejected as exc:
             self._reject(source, exc)
-            return "rejected"
+            return None
         except Exception as exc:  # a normalizer bug must not stop the daemon
             log.exception("could not read a message from %s", source)
             self._reject(source, Rejected("malformed", repr(exc)[:200]))
-            return "rejected"
-        return self.process(message, source)
+            return None
+        return message
 
     def process(self, message: Message, source: str = "replay") -> Outcome:
         """Count one normalized message, once."""
@@ -207,10 +280,17 @@ class Pipeline:
             self.stats.duplicates[source] += 1
             return "duplicate"
         self._pending_ids.add(message.id)
+        self._run(self._runners, message)
+        self.stats.processed[source] += 1
+        self._flush_if_due()
+        return "processed"
+
+    def _run(self, runners: Iterable[_Runner], message: Message) -> None:
+        """Each plugin on the message, isolated; their emissions aggregated."""
         ts, msg_id = message.epoch, message.id
         add = self.aggregator.add
         series, per_metric = self.aggregator.series, self.aggregator.series_per_metric
-        for runner in self._runners:
+        for runner in runners:
             try:
                 runner.plugin.process(message, runner.out)
             except Exception as exc:
@@ -224,16 +304,14 @@ class Pipeline:
                     labels = (self._overflow,) * len(labels)
                     self.stats.series_overflow[(runner.ident, metric.name)] += 1
                 add(runner.ident, metric, labels, amount, ts, msg_id)
-        self.stats.processed[source] += 1
         newest = self.stats.newest_message
         if newest is None or ts > newest:
             self.stats.newest_message = ts
-        if (
-            len(self._pending_ids) >= self._max_batch
-            or self.clock() - self._last_flush >= self._flush_every
-        ):
+
+    def _flush_if_due(self) -> None:
+        pending = len(self._pending_ids) + sum(map(len, self._plugin_ids.values()))
+        if pending >= self._max_batch or self.clock() - self._last_flush >= self._flush_every:
             self.flush()
-        return "processed"
 
     def _reject(self, source: str, exc: Rejected) -> None:
         self.stats.rejected[(source, exc.reason)] += 1
@@ -266,6 +344,13 @@ class Pipeline:
         if self._covered_until is None or until > self._covered_until:
             self._covered_until = until
 
+    def cover_plugins(self, idents: Iterable[str], until: float) -> None:
+        """Every message of these plugins' own history before ``until`` has been handed over;
+        the next flush records it."""
+        for ident in idents:
+            if until > self._plugin_covered.get(ident, float("-inf")):
+                self._plugin_covered[ident] = until
+
     def flush_due(self) -> bool:
         return self.clock() - self._last_flush >= self._flush_every
 
@@ -275,7 +360,13 @@ class Pipeline:
         started = time.monotonic()
         self._last_flush = self.stats.last_flush_attempt = self.clock()
         batch = self.aggregator.drain()
-        if not batch and not self._pending_ids and self._covered_until is None:
+        if (
+            not batch
+            and not self._pending_ids
+            and self._covered_until is None
+            and not self._plugin_ids
+            and not self._plugin_covered
+        ):
             return None
         queue_at = self.outbox_resolution
         if queue_at is not None and not self.outbox_accepting():
@@ -288,13 +379,21 @@ class Pipeline:
             queue_at = None
         try:
             result = self.store.commit(
-                batch, self._pending_ids, self._covered_until, outbox_resolution=queue_at
+                batch,
+                self._pending_ids,
+                self._covered_until,
+                outbox_resolution=queue_at,
+                plugin_ids=self._plugin_ids,
+                plugin_covered=self._plugin_covered,
             )
         except StoreError:
             self.aggregator.requeue(batch)
             raise
         self._pending_ids = set()
         self._covered_until = None
+        self._plugin_ids = {}
+        self._history_covered(self._plugin_covered)
+        self._plugin_covered = {}
         if result.late_unqueued:
             self.stats.outbox_late += result.late_unqueued
             log.warning(
@@ -314,6 +413,17 @@ class Pipeline:
                 log.exception("a listener failed on a committed flush; the store has it")
         self._maybe_prune()
         return result
+
+    def _history_covered(self, covered: Mapping[str, float]) -> None:
+        for ident, until in covered.items():
+            history = self.histories.get(ident)
+            if history is None:
+                continue
+            if until >= history.end:
+                del self.histories[ident]
+                log.info("plugin %s: its own history is all counted", ident)
+            else:
+                self.histories[ident] = dataclasses.replace(history, covered_until=until)
 
     def _maybe_prune(self) -> None:
         """Apply retention at most once a minute, relative to the newest message time (or

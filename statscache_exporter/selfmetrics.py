@@ -89,6 +89,14 @@ class SelfMetrics:
             ["plugin"],
             (((i,), stats.plugin_errors.get(i, 0)) for i in self.pipeline.plugin_idents),
         )
+        yield self._family(
+            "counter",
+            "plugin_history_messages",
+            "Messages of a plugin's own history (it was added to a store with history) "
+            "counted for it alone",
+            ["plugin"],
+            sorted(((i,), n) for i, n in dict(stats.plugin_history).items()),
+        )
         owner = {name: ident for name, (ident, _) in self.pipeline.metrics().items()}
         yield self._family(
             "gauge",
@@ -166,6 +174,12 @@ class SelfMetrics:
                 b.messages,
             ),
             ("backfill_windows", "Windows the gap filler fetched and handed over", b.windows_done),
+            ("backfill_requests", "Requests the gap filler made to datagrepper", b.requests),
+            (
+                "backfill_splits",
+                "Spans asked for again in halves after a 502/504 from datagrepper",
+                b.splits,
+            ),
             (
                 "backfill_requests_failed",
                 "Window reads that failed and were retried (or stopped the backfill)",

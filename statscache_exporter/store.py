@@ -18,6 +18,9 @@ Tables:
 - ``influx_keys``: series → its escaped measurement and tags, from which the flush builds the
   lines; NULL for a series line protocol cannot carry (its points are queued as failed).
 - ``gaps``: times a live source was disconnected (epoch seconds), for the gap filler.
+- ``plugins``: every plugin the store has run, since when, and for one added to a store that
+  already had history, the range of history the gap filler fetches for it alone (and how far
+  that got); ``plugin_seen``: the ids counted for such a plugin alone, until its range is done.
 - ``meta``: schema version and the checkpoint ``covered_until``.
 """
 
@@ -38,7 +41,7 @@ from statscache_exporter.aggregate import Batch, GaugeValue, Series, SeriesKey
 from statscache_exporter.outbox import outbox_state
 from statscache_exporter.plugin import Metric
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -90,6 +93,19 @@ CREATE TABLE IF NOT EXISTS influx_keys (
     key TEXT,
     counter INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS plugins (
+    ident TEXT PRIMARY KEY,
+    registered_at REAL NOT NULL,
+    history_start REAL,
+    history_end REAL,
+    cutoff REAL,
+    covered_until REAL
+);
+CREATE TABLE IF NOT EXISTS plugin_seen (
+    ident TEXT NOT NULL,
+    msg_id TEXT NOT NULL,
+    PRIMARY KEY (ident, msg_id)
+) WITHOUT ROWID;
 """
 
 _ADD_COUNT = """
@@ -151,6 +167,22 @@ class FlushResult:
     new_series: int
     #: base buckets not queued for InfluxDB: recreated after retention pruned them (see _queue)
     late_unqueued: int = 0
+
+
+@dataclass(frozen=True)
+class PluginHistory:
+    """History a plugin added to a store that already had some gets for itself alone: the
+    messages from ``start`` to ``end`` (epoch seconds) that the store counted before the plugin
+    was registered (their ids ``seen`` before ``registered_at``), or, not seen, that are older
+    than ``cutoff`` (from where the shared backfill counts them for every plugin).
+    ``covered_until``: how far the gap filler has fetched it, committed."""
+
+    ident: str
+    registered_at: float
+    start: float
+    end: float
+    cutoff: float
+    covered_until: float | None = None
 
 
 def labels_json(series: Series) -> str:
@@ -282,6 +314,55 @@ class Store:
             self.db.execute("SELECT 1 FROM seen WHERE msg_id = ?", (msg_id,)).fetchone() is not None
         )
 
+    def seen_at(self, msg_id: str) -> float | None:
+        """When the message with this id was counted for every plugin (epoch seconds), if it
+        was and the dedup window still remembers it."""
+        row = self.db.execute("SELECT stored_at FROM seen WHERE msg_id = ?", (msg_id,)).fetchone()
+        return float(row[0]) if row else None
+
+    def seen_by_plugin(self, ident: str, msg_id: str) -> bool:
+        """Whether this message was counted for this plugin alone (see :class:`PluginHistory`)."""
+        return (
+            self.db.execute(
+                "SELECT 1 FROM plugin_seen WHERE ident = ? AND msg_id = ?", (ident, msg_id)
+            ).fetchone()
+            is not None
+        )
+
+    def unregistered(self, idents: Iterable[str]) -> list[str]:
+        """Those of these plugins the store has never run."""
+        known = {r[0] for r in self.db.execute("SELECT ident FROM plugins")}
+        return [i for i in idents if i not in known]
+
+    def has_series(self, ident: str) -> bool:
+        return (
+            self.db.execute("SELECT 1 FROM series WHERE plugin = ? LIMIT 1", (ident,)).fetchone()
+            is not None
+        )
+
+    def register_plugin(
+        self, ident: str, registered_at: float, history: tuple[float, float, float] | None
+    ) -> None:
+        """Record that this plugin runs from now on, with the (start, end, cutoff) of the
+        history it gets for itself alone, if any (see :class:`PluginHistory`)."""
+        start, end, cutoff = history if history is not None else (None, None, None)
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO plugins VALUES (?, ?, ?, ?, ?, NULL)",
+                (ident, registered_at, start, end, cutoff),
+            )
+
+    def plugin_histories(self) -> list[PluginHistory]:
+        """The plugins whose own history is not all fetched yet."""
+        return [
+            PluginHistory(*row)
+            for row in self.db.execute(
+                "SELECT ident, registered_at, history_start, history_end, cutoff, covered_until "
+                "FROM plugins WHERE history_start IS NOT NULL "
+                "AND (covered_until IS NULL OR covered_until < history_end) ORDER BY ident"
+            )
+        ]
+
     def covered_until(self) -> datetime | None:
         """The time up to which every message is known to be processed, if any."""
         row = self.db.execute("SELECT value FROM meta WHERE key = 'covered_until'").fetchone()
@@ -326,8 +407,12 @@ class Store:
         message_ids: Iterable[str],
         covered_until: datetime | None = None,
         outbox_resolution: int | None = None,
+        plugin_ids: Mapping[str, Iterable[str]] | None = None,
+        plugin_covered: Mapping[str, float] | None = None,
     ) -> FlushResult:
-        """Write one flush in one transaction; on any error nothing of it is written."""
+        """Write one flush in one transaction; on any error nothing of it is written.
+        ``plugin_ids``: plugin → ids counted for it alone; ``plugin_covered``: plugin → how
+        far its own history is now fetched (see :class:`PluginHistory`)."""
         ids = list(message_ids)
         now = time.time()
         new_keys = [key for key in batch.series if key not in self._series_ids]
@@ -368,6 +453,8 @@ class Store:
                     self._queue(db, batch, outbox_resolution, now, late)
                 if covered_until is not None:
                     self._advance_checkpoint(db, covered_until)
+                if plugin_ids or plugin_covered:
+                    self._advance_plugins(db, plugin_ids or {}, plugin_covered or {})
         except sqlite3.Error as exc:
             for key in new_keys:  # their ids were rolled back with the transaction
                 self._series_ids.pop(key, None)
@@ -488,6 +575,26 @@ class Store:
             "SET value = excluded.value "
             "WHERE CAST(excluded.value AS REAL) > CAST(meta.value AS REAL)",
             (repr(covered_until.timestamp()),),
+        )
+
+    @staticmethod
+    def _advance_plugins(
+        db: sqlite3.Connection, ids: Mapping[str, Iterable[str]], covered: Mapping[str, float]
+    ) -> None:
+        for ident, msg_ids in ids.items():
+            db.executemany(
+                "INSERT OR IGNORE INTO plugin_seen VALUES (?, ?)", ((ident, i) for i in msg_ids)
+            )
+        for ident, until in covered.items():
+            db.execute(
+                "UPDATE plugins SET covered_until = ? WHERE ident = ? "
+                "AND (covered_until IS NULL OR covered_until < ?)",
+                (until, ident, until),
+            )
+        # a plugin's own history all counted: its ids are no longer needed
+        db.execute(
+            "DELETE FROM plugin_seen WHERE ident IN (SELECT ident FROM plugins "
+            "WHERE covered_until >= history_end)"
         )
 
     def prune(

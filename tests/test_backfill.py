@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import io
 import itertools
 import json
 import math
@@ -53,7 +54,9 @@ from statscache_exporter.backfill import (
     Backfill,
     BackfillError,
     BackfillStats,
+    BarProgress,
     Covered,
+    LogProgress,
     Range,
     plan,
     windows,
@@ -165,6 +168,42 @@ def test_windows_cut_each_range_from_its_start() -> None:
         Range(20.5, 25.5),
         Range(100, 110),
     ]
+
+
+# --- progress: no server ------------------------------------------------------------------------
+
+
+def test_the_progress_bar_redraws_one_line_with_rate_and_eta() -> None:
+    out = io.StringIO()
+    stats = BackfillStats(windows_total=4, range_seconds=4 * HOUR, remaining_seconds=4 * HOUR)
+    stats.started = time.monotonic() - 10  # as if the run began 10 s ago
+    bar = BarProgress(out)
+    bar(stats)
+    assert out.getvalue().startswith("\r\x1b[K[" + "." * 24 + "] 0/4 windows, 0 messages")
+    assert out.getvalue().endswith("4h00m of history left, 0 msg/s, ETA ?")
+    stats.windows_done, stats.messages, stats.remaining_seconds = 1, 2000, 3 * HOUR
+    bar(stats)
+    line = out.getvalue().split("\r")[-1]
+    assert line.startswith("\x1b[K[" + "#" * 6 + "." * 18 + "] 1/4 windows, 2,000 messages")
+    rate = float(line.split(" of history left, ")[1].split(" msg/s")[0])
+    assert 150 <= rate <= 200  # 2,000 in a little over 10 s
+    minutes = int(line.split("ETA ")[1].split("m")[0])
+    assert 0 <= minutes <= 1  # 3 h of history left at 1 h per ~10 s: about 30 s
+    bar(stats, done=True)
+    assert out.getvalue().endswith("\n") and "\n" not in out.getvalue()[:-1]
+
+
+def test_log_progress_says_at_most_every_so_often_and_at_the_end(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stats = BackfillStats(windows_total=3)
+    progress = LogProgress(every=3600)
+    with caplog.at_level("INFO", logger="statscache_exporter.backfill"):
+        progress(stats)
+        progress(stats)
+        assert caplog.records == []
+        progress(stats, done=True)
+    assert [r.getMessage()[:31] for r in caplog.records] == ["backfill: 0/3 windows, 0 messag"]
 
 
 # --- the dataset: a real datagrepper, filled once ---------------------------------------------
@@ -457,13 +496,15 @@ def test_a_backfill_through_a_pipeline_counts_what_was_inserted(
 class Proxy:
     """An HTTP proxy on 127.0.0.1 in front of datagrepper. ``fault(params)`` may answer
     "500", "502", "504" or "hang" (no answer for ``hang`` seconds) instead of forwarding;
-    ``gate_from``: requests starting at or after it wait until :meth:`open_gate`."""
+    ``gate_from``: requests starting at or after it (and before ``gate_until``) wait until
+    :meth:`open_gate`."""
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
         self.fault: Callable[[dict[str, str]], str | None] = lambda params: None
         self.hang = 0.0
         self.gate_from = math.inf
+        self.gate_until = math.inf
         self.gate = threading.Event()
         self.gated = threading.Event()  # a request is waiting at the gate
         self.lock = threading.Lock()
@@ -491,7 +532,7 @@ class Proxy:
         with self.lock:
             self.requests.append(params)
             fault = self.fault(params)
-        if fault is None and float(params.get("start", 0)) >= self.gate_from:
+        if fault is None and self.gate_from <= float(params.get("start", 0)) < self.gate_until:
             self.gated.set()
             self.gate.wait(DEADLINE)
         with self.lock:
@@ -576,6 +617,7 @@ def test_failing_requests_are_retried_and_the_result_stays_exact(
     assert {i["msg_id"] for i in rec.items} == data.ids_before(part[-1].end)
     assert all(proxy.answers[k] > 0 for k in ("500", "502", "504", "hang")), proxy.answers
     assert backfill.stats.requests_retried > 0
+    assert backfill.stats.requests == len(proxy.requests)
 
 
 @integration
@@ -598,6 +640,8 @@ def test_a_gateway_timeout_on_a_long_request_is_halved_not_asked_again(
     long = [json.dumps(p, sort_keys=True) for p in proxy.requests if span(p) > 250]
     assert long and len(long) == len(set(long)) == proxy.answers["504"]
     assert backfill.stats.requests_retried == backfill.stats.requests_failed == 0
+    assert backfill.stats.splits == proxy.answers["504"]
+    assert backfill.stats.requests == len(proxy.requests)
 
 
 @integration
@@ -925,3 +969,100 @@ def test_messages_also_delivered_live_during_the_backfill_are_counted_once(
     assert stats.processed["backfill"] == len(wanted) - 300
     watch.check()
     assert only_counted(store_totals(store)) == expected_totals(wanted)
+
+
+# --- a plugin added later ------------------------------------------------------------------------
+
+
+def plugin_row(store: Path, ident: str) -> tuple[float | None, float | None, float | None]:
+    """(history_start, history_end, covered_until) of a plugin in the store's registry."""
+    db = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=10)
+    try:
+        row = db.execute(
+            "SELECT history_start, history_end, covered_until FROM plugins WHERE ident = ?",
+            (ident,),
+        ).fetchone()
+        assert row is not None, f"plugin {ident} not registered"
+        return row
+    finally:
+        db.close()
+
+
+def by_topic(totals: dict[tuple[str, str], float]) -> dict[str, float]:
+    return {
+        json.loads(labels)["topic"]: v
+        for (metric, labels), v in totals.items()
+        if metric == "messages_by_topic"
+    }
+
+
+def iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
+
+
+@integration
+def test_a_plugin_added_later_backfills_its_own_range_for_itself_alone(
+    tmp_path: Path, data: Dataset, proxy: Proxy
+) -> None:
+    """Run 1 counts the data from ``first`` with volume_by_topic disabled. Run 2 enables it
+    with history back to ``earlier`` (backfill.epoch): it gets those messages, the ones run 1
+    counted included, and the other plugins' counts do not move; killed in the middle of
+    that history and restarted, it still counts each message once."""
+    earlier, first = data.base + 0.5 * HOUR, data.base + 1.5 * HOUR
+    counted_first = [m for m in data.sent if m["timestamp"] >= first]
+    wanted = [m for m in data.sent if m["timestamp"] >= earlier]
+    off = {"volume_by_topic": {"enabled": False}}
+    store = tmp_path / "exporter" / "store.sqlite"
+    watch = CheckpointWatch(store, data, since=first)
+    try:
+        before = time.time()
+        settings = run_settings(proxy.url, epoch=iso(first))
+        with exporter_process(tmp_path, [], plugins=off, settings=settings) as exporter:
+            wait_backfilled(watch, before)
+            wait_for(lambda: watch.seen == len(counted_first), "run 1 to count its messages")
+    finally:
+        watch.close()
+    after_run_1 = store_totals(store)
+    assert only_counted(after_run_1) == expected_totals(counted_first)
+    assert by_topic(after_run_1) == {}
+
+    # run 2: its history waits at the gate (2 h into the data) until the kill
+    proxy.gate_from, proxy.gate_until = data.base + 2 * HOUR, data.base + SPAN + MINUTE
+    exporter.plugins = {"volume_by_topic": {"enabled": True}}
+    exporter.settings = run_settings(proxy.url, epoch=iso(earlier))
+    exporter.reconfigure([])
+    exporter.start()
+    try:
+        wait_for(proxy.gated.is_set, "the plugin's history to reach the gate")
+        wait_for(
+            lambda: (plugin_row(store, "volume_by_topic")[2] or 0) >= proxy.gate_from - WINDOW,
+            "the windows before the gate to be committed",
+        )
+        start, end, _ = plugin_row(store, "volume_by_topic")
+        assert start == earlier and end is not None and end > time.time() - HOUR
+        exporter.kill()
+    finally:
+        if exporter.process is not None:
+            exporter.kill()
+    partial = store_totals(store)
+    assert only_counted(partial) == only_counted(after_run_1)
+    assert 0 < sum(by_topic(partial).values()) < len(wanted)
+
+    proxy.open_gate()
+    exporter.start()
+    try:
+        wait_for(
+            lambda: (plugin_row(store, "volume_by_topic")[2] or 0) >= end,
+            "the plugin's history to be all counted",
+        )
+    finally:
+        exporter.stop_cleanly()
+    totals = store_totals(store)
+    assert only_counted(totals) == only_counted(after_run_1)  # the others did not move
+    expected = Counter(m["topic"] for m in wanted)
+    assert by_topic(totals) == {topic: float(n) for topic, n in expected.items()}
+    db = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
+    try:  # its own ids are dropped once its history is done
+        assert db.execute("SELECT count(*) FROM plugin_seen").fetchone() == (0,)
+    finally:
+        db.close()

@@ -259,8 +259,15 @@ def test_the_gap_fillers_progress_is_in_the_self_metrics(tmp_path: Path) -> None
 
     daemon = daemon_for(tmp_path)
     stats = BackfillStats(
-        windows_done=2, messages=57, requests_failed=3, requests_retried=4, remaining_seconds=1800.5
+        windows_done=2,
+        messages=57,
+        requests=9,
+        requests_failed=3,
+        requests_retried=4,
+        splits=1,
+        remaining_seconds=1800.5,
     )
+    daemon.pipeline.stats.plugin_history["volume_by_topic"] = 5
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SelfMetrics(daemon.pipeline, "statscache_", dict, backfill=lambda: stats))
     lines = generate_latest(registry).decode().splitlines()
@@ -269,6 +276,11 @@ def test_the_gap_fillers_progress_is_in_the_self_metrics(tmp_path: Path) -> None
     assert "statscache_exporter_backfill_requests_failed_total 3.0" in lines
     assert "statscache_exporter_backfill_requests_retried_total 4.0" in lines
     assert "statscache_exporter_backfill_remaining_seconds 1800.5" in lines
+    assert "statscache_exporter_backfill_requests_total 9.0" in lines
+    assert "statscache_exporter_backfill_splits_total 1.0" in lines
+    assert (
+        'statscache_exporter_plugin_history_messages_total{plugin="volume_by_topic"} 5.0' in lines
+    )
     registry.unregister(next(iter(registry._collector_to_names)))
     registry.register(SelfMetrics(daemon.pipeline, "statscache_", dict))
     assert "backfill" not in generate_latest(registry).decode()  # no gap filler, no series
