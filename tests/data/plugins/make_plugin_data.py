@@ -24,7 +24,9 @@ from typing import Any
 HERE = Path(__file__).parent
 DATA = HERE.parent
 
-# (ref, note, changes to the envelope/message) per plugin. A change is a dict merged into the
+# (ref, note, changes to the envelope/message) per plugin; no two picks of a plugin share a
+# message id (some fedmsg test envelopes reuse one: fm:448/fm:453, fm:272/fm:273, fm:123/fm:124,
+# and the pipeline would count the second as a duplicate). A change is a dict merged into the
 # message's top level (fedmsg: "timestamp"; fedora-messaging: "headers").
 SELECTION: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
     "pagure": [
@@ -46,7 +48,7 @@ SELECTION: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
     ],
     "copr": [
         ("fm:314", "", {}), ("fm:315", "", {}), ("fm:318", "", {}), ("fm:322", "", {}),
-        ("fm:448", "", {}), ("fm:451", "", {}), ("fm:453", "", {}), ("fm:454", "", {}),
+        ("fm:448", "", {}), ("fm:451", "", {}), ("fm:454", "", {}),
         ("fms:43", "", {}), ("fms:44", "", {}), ("fms:49", "", {}), ("fms:50", "", {}),
         ("dg:0", "", {}), ("dg:1", "", {}), ("dg:15", "", {}),
     ],
@@ -88,7 +90,7 @@ SELECTION: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
             "timestamp moved 30 min later: the three pungi test envelopes share one second",
             {"timestamp": 1449602528.0},
         ),
-        ("fm:272", "", {}), ("fm:273", "", {}), ("fm:276", "", {}),
+        ("fm:272", "", {}), ("fm:276", "", {}),
         # bodhi pushes and syncs
         ("fm:89", "", {}), ("fm:90", "", {}), ("fm:91", "", {}), ("fm:92", "", {}),
         ("fm:93", "", {}), ("fm:94", "", {}), ("fm:95", "", {}), ("fm:96", "", {}),
