@@ -332,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         ],
         "median_messages_per_second": {"ours": ours, "bare": bare},
         "ratio": ours / bare,
+        "target_ratio": TARGET_RATIO,
+        "pass": ours / bare >= TARGET_RATIO,
         "loadavg_end": loadavg(),
     }
     text = markdown(report, rounds)
