@@ -234,15 +234,23 @@ def plan(server: Server, data: Dataset) -> str:
 
 
 def server_cpu(server: Server) -> float:
-    """datagrepper's (the flask process's) user + system CPU seconds so far (Linux /proc)."""
+    """datagrepper's user + system CPU seconds so far (its process and, under gunicorn, its
+    live workers; Linux /proc)."""
     if server.process is None:
         return float("nan")
-    try:
-        stat = Path(f"/proc/{server.process.pid}/stat").read_text()
-        fields = stat.rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
+    stats = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        stats[int(stat.parent.name)] = fields
+    root = server.process.pid
+    if root not in stats:
         return float("nan")
+    tree = {root} | {pid for pid, f in stats.items() if int(f[1]) == root}
+    ticks = sum(int(stats[pid][11]) + int(stats[pid][12]) for pid in tree)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 # --- the two walkers ----------------------------------------------------------------------------
@@ -293,7 +301,7 @@ class Run:
 
 
 class RequestLog:
-    """Counts ``GET /raw`` lines in datagrepper's log (Werkzeug logs each request)."""
+    """Counts ``GET /raw`` lines in datagrepper's log (Werkzeug's or gunicorn's access log)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -436,7 +444,7 @@ def markdown(report: dict[str, Any], rounds: list[Round], analyzed: Round | None
         f"### {NAME}: the gap filler vs a naive page walk, from a local datagrepper",
         "",
         f"{report['date']} · {m['nproc']} CPU ({m['cpu']}) · {m['python']} · datagrepper "
-        f"{m['datagrepper']} (flask run) · datanommer.models {m['datanommer']} · PostgreSQL "
+        f"{m['datagrepper']} ({m['server']}) · datanommer.models {m['datanommer']} · PostgreSQL "
         f"{m['postgresql']} · requests {m['requests']} · {len(rounds)} rounds, the order "
         f"alternating{', then one after ANALYZE' if analyzed else ''} · seed {report['seed']} "
         f"· load average {m['loadavg']} at start, {report['loadavg_end']} at end",
@@ -458,7 +466,7 @@ def markdown(report: dict[str, Any], rounds: list[Round], analyzed: Round | None
         f"({rounds[0].naive.notes['pages']} pages). messages/s = the {n:,} messages the "
         "database holds in the range / wall time; right = distinct ids that are in the "
         "database's range (read with psql); repeated = rows received more than once; "
-        "datagrepper CPU = the flask process's CPU time during the walk.",
+        "datagrepper CPU = its processes' CPU time during the walk.",
         "",
         f"Rounds 1-{len(rounds)}: the table as loaded, without planner statistics (autovacuum "
         f"off); PostgreSQL pages the naive walk's query by `{report['plan']}`."
@@ -519,6 +527,9 @@ def versions(server: Server) -> dict[str, str]:
         found[name] = info[0].name.removesuffix(".dist-info").split("-")[1] if info else "?"
     found["postgresql"] = psql(server, "SHOW server_version")[0][0].split()[0]
     found["requests"] = version("requests")
+    found["server"] = (
+        f"gunicorn, {server.workers} workers" if server.workers else "flask run, one process"
+    )
     return found
 
 
@@ -541,6 +552,12 @@ def main(argv: list[str] | None = None) -> int:
         default=True,
         help="one more round after ANALYZE, as information (default: on)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=4,
+        help="datagrepper's gunicorn workers, as production serves it (4); 0: flask run",
+    )
     parser.add_argument("--seed", type=int, default=20240601)
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures here")
     args = parser.parse_args(argv)
@@ -558,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
         root.mkdir()
         log("starting datagrepper over a private PostgreSQL cluster")
         try:
-            server = stack.enter_context(datagrepper_server(root))
+            server = stack.enter_context(datagrepper_server(root, workers=args.workers))
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # the harness skips or fails when something is missing

@@ -76,7 +76,7 @@ REPO = Path(__file__).resolve().parent.parent
 #: How to make what is missing, for the skip/fail reasons.
 _VENV_HINT = (
     "python3 -m venv .venv-datagrepper && .venv-datagrepper/bin/pip install 'setuptools<82' "
-    "'datagrepper==1.1.0' (with the schema packages of the project's [schemas] extra; "
+    "'datagrepper==1.1.0' gunicorn (with the schema packages of the project's [schemas] extra; "
     "psycopg2 builds: apt-get install libpq-dev gcc)"
 )
 
@@ -379,8 +379,13 @@ class _Cluster:
 class Datagrepper:
     """A running datagrepper (see :func:`datagrepper_server`)."""
 
-    def __init__(self, root: Path, config: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, root: Path, config: Mapping[str, Any] | None = None, workers: int = 0
+    ) -> None:
         self.root = root
+        #: 0: Flask's own server (one process, threads); N: gunicorn with N worker processes,
+        #: as production serves it (the benchmark's choice)
+        self.workers = workers
         self.venv = datagrepper_venv()
         self.cluster = _Cluster(root, postgres_bindir())
         self.port = free_port()
@@ -418,10 +423,7 @@ class Datagrepper:
         # datagrepper connects at its first request: it starts while the schema is made
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [
-                    str(self.venv / "bin" / "flask"), "--app", "datagrepper.app", "run",
-                    "-h", "127.0.0.1", "-p", str(self.port), "--no-reload",
-                ],
+                self._command(),
                 cwd=self.root,
                 env={**env, "DATAGREPPER_CONFIG": str(self.config)},
                 stdin=subprocess.DEVNULL,
@@ -440,6 +442,22 @@ class Datagrepper:
             return r.status == 200 and "raw_messages" in json.loads(r.body)
 
         wait_until(probe, answers_json, f"datagrepper at {self.url}/raw", timeout=60)
+
+    def _command(self) -> list[str]:
+        if not self.workers:
+            return [
+                str(self.venv / "bin" / "flask"), "--app", "datagrepper.app", "run",
+                "-h", "127.0.0.1", "-p", str(self.port), "--no-reload",
+            ]  # fmt: skip
+        gunicorn = self.venv / "bin" / "gunicorn"
+        if not os.access(gunicorn, os.X_OK):
+            missing(f"no gunicorn in {self.venv}: {_VENV_HINT}")
+        # each request in the log as Werkzeug writes it ("GET /raw?... HTTP/1.1" 200)
+        return [
+            str(gunicorn), "--workers", str(self.workers), "--bind", f"127.0.0.1:{self.port}",
+            "--timeout", "300", "--access-logfile", "-",
+            "--access-logformat", '%(h)s "%(r)s" %(s)s', "datagrepper.app:app",
+        ]  # fmt: skip
 
     def stop(self) -> None:
         """datagrepper, the helper, then PostgreSQL (``pg_ctl stop -m fast``); idempotent."""
@@ -534,14 +552,15 @@ class Datagrepper:
 
 @contextlib.contextmanager
 def datagrepper_server(
-    root: Path, config: Mapping[str, Any] | None = None
+    root: Path, config: Mapping[str, Any] | None = None, workers: int = 0
 ) -> Iterator[Datagrepper]:
     """A datagrepper over a fresh, empty datanommer database, answering ``/raw`` when yielded,
     stopped at the end. ``root``: a directory for its files and logs (``datagrepper.log``,
     ``datanommer-helper.log``, ``postgresql/postgresql.log``). ``config``: more datagrepper
     settings (e.g. ``{"DEFAULT_QUERY_DELTA": 86400}``, production's window when a query gives
-    neither start nor end; the default here, as upstream's, is no window)."""
-    server = Datagrepper(root, config)
+    neither start nor end; the default here, as upstream's, is no window). ``workers``: see
+    :class:`Datagrepper`."""
+    server = Datagrepper(root, config, workers)
     try:
         server.start()
         yield server
