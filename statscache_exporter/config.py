@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -386,6 +387,9 @@ def _check(config: Config) -> None:
 
 
 def _check_backfill(b: BackfillConfig) -> None:
+    check_url(
+        b.url, "backfill.url", ("http", "https"), "https://apps.fedoraproject.org/datagrepper"
+    )
     if not 1 <= b.rows_per_page <= 100:
         raise ConfigError("backfill.rows_per_page: must be 1-100 (datagrepper's limit)")
     if b.concurrency < 1:
@@ -414,6 +418,10 @@ def _check_source(source: SourceConfig, path: str) -> None:
                 f"{path}.amqp_url: required (e.g. amqp://localhost/%2F), unless "
                 f"{path}.profile is fedora-public"
             )
+        if source.amqp_url:
+            check_url(
+                source.amqp_url, f"{path}.amqp_url", ("amqp", "amqps"), "amqp://localhost/%2F"
+            )
         if source.prefetch < 1:
             raise ConfigError(f"{path}.prefetch: must be at least 1")
         if not source.bindings:
@@ -426,6 +434,12 @@ def _check_source(source: SourceConfig, path: str) -> None:
         if source.high_water_mark < 0:
             raise ConfigError(f"{path}.high_water_mark: must be 0 (unlimited) or more")
     if isinstance(source, DatagrepperSourceConfig):
+        check_url(
+            source.url,
+            f"{path}.url",
+            ("http", "https"),
+            "https://apps.fedoraproject.org/datagrepper",
+        )
         if not 1 <= source.rows_per_page <= 100:
             raise ConfigError(f"{path}.rows_per_page: must be 1-100 (datagrepper's limit)")
         if source.interval <= timedelta(0):
@@ -433,6 +447,20 @@ def _check_source(source: SourceConfig, path: str) -> None:
     reconnect = getattr(source, "reconnect", None)
     if reconnect is not None and not timedelta(0) < reconnect.initial <= reconnect.max:
         raise ConfigError(f"{path}.reconnect: need 0 < initial <= max")
+
+
+def check_url(url: str, path: str, schemes: tuple[str, ...], example: str) -> None:
+    """A URL with one of ``schemes`` and a host (and, if any, a numeric port)."""
+    valid = " or ".join(f"{scheme}://" for scheme in schemes)
+    try:
+        parts = urlsplit(url)
+        host, _ = parts.hostname, parts.port  # .port raises on a port that is not a number
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {url!r} is not a URL ({exc}); e.g. {example}") from None
+    if parts.scheme.lower() not in schemes:
+        raise ConfigError(f"{path}: {url!r} must start with {valid} (e.g. {example})")
+    if not host:
+        raise ConfigError(f"{path}: {url!r} names no host (e.g. {example})")
 
 
 _PREFIX = re.compile(r"^([a-zA-Z_][a-zA-Z0-9_]*)?$")
@@ -477,8 +505,7 @@ _TAG_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 def _check_influx(influx: InfluxConfig) -> None:
     if not influx.enabled:
         return
-    if not influx.url.startswith(("http://", "https://")):
-        raise ConfigError(f"influxdb.url: {influx.url!r} must start with http:// or https://")
+    check_url(influx.url, "influxdb.url", ("http", "https"), "http://127.0.0.1:8086")
     if influx.mode == "v1" and not influx.database:
         raise ConfigError("influxdb.database: required in mode v1")
     if influx.mode == "v2":

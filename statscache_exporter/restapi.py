@@ -30,6 +30,9 @@ from statscache_exporter.store import BucketQuery, Reader
 JSON_TYPES = ("application/json", "text/json")
 JSONP_TYPES = ("application/javascript", "text/javascript")
 CSV_TYPES = ("text/csv", "application/csv")
+#: Longest query string answered: every parameter is repeated in the four ``Link`` headers of
+#: the answer, and clients refuse header lines past 64 KiB (Python's http.client, proxies less).
+MAX_QUERY_LENGTH = 8192
 _CALLBACK = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$.]{0,99}$")
 _KNOWN = {
     "start", "stop", "order", "limit", "page", "rows_per_page", "resolution", "metric",
@@ -117,6 +120,16 @@ def _best_match(accept: str) -> str | None:
 
 
 # --- parameters --------------------------------------------------------------------------------
+
+
+def check_query_length(query: str) -> None:
+    """A 414 for a query string whose Link headers no client could read."""
+    if len(query) > MAX_QUERY_LENGTH:
+        raise ApiError(
+            414,
+            f"the query string is {len(query)} characters long, more than {MAX_QUERY_LENGTH} "
+            "(it is repeated in the Link headers of the answer); ask for fewer values",
+        )
 
 
 def _one(params: Mapping[str, Sequence[str]], name: str) -> str | None:

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 _REASONS = {200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized",
             404: "Not Found", 405: "Method Not Allowed", 406: "Not Acceptable",
+            414: "URI Too Long",
             500: "Internal Server Error", 503: "Service Unavailable"}  # fmt: skip
 
 
@@ -181,10 +182,12 @@ class App:
     # --- /api ----------------------------------------------------------------------------
 
     def _api(self, environ: dict[str, Any], path: str) -> tuple[int, list[tuple[str, str]], bytes]:
-        params = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+        query = environ.get("QUERY_STRING", "")
+        params = parse_qs(query[: restapi.MAX_QUERY_LENGTH + 1], keep_blank_values=True)
         accept = environ.get("HTTP_ACCEPT", "")
         ident = path[len("/api/") :].strip("/") if path.startswith("/api/") else ""
         try:
+            restapi.check_query_length(query)
             if not ident:
                 response = restapi.index(self.ctx.plugins, params, accept)
             else:
