@@ -33,8 +33,10 @@ database's resolution):
 - ``upper`` adapts: a request covers at most ``max_span`` seconds (a huge window, e.g. filtered
   by a rare category, is what times out in production), twice what the last full page covered,
   and doubles after a page that was not full. A **502 or 504** (production's gunicorn gives up
-  after 60 s) is retried once with half the span, and the rest of the window is read in spans no
-  longer than that; a second failure, and any other error, raise :class:`DatagrepperError`.
+  after 60 s) is retried once with half the span, and the window goes on in spans no longer than
+  that, allowed twice as long again after :data:`CALM_REQUESTS` more answers without one (a
+  gateway busy for a while does not leave the rest of a long window read a second at a time);
+  a second failure, and any other error, raise :class:`DatagrepperError`.
   Retrying later is the caller's business (the polling source's backoff).
 
 "Exact" means: what datagrepper held when each part of the window was read. A message stored
@@ -72,6 +74,8 @@ US = 1_000_000
 MAX_ROWS_PER_PAGE = 100
 #: ``rows_per_page`` that datagrepper reads as "every row, one page"
 UNLIMITED = 0
+#: requests answered without a 502/504 after which spans may be twice as long again
+CALM_REQUESTS = 8
 #: statuses that mean "this request took too long", retried once on a smaller window
 TIMEOUT_STATUSES = frozenset({502, 504})
 
@@ -152,14 +156,19 @@ class Datagrepper:
         requests."""
         lo, hi = max(_micro(start), 1), _micro(end)
         found: dict[str, Item] = {}
-        cursor, ceiling = lo, _micro(self.max_span)
+        longest = _micro(self.max_span)
+        cursor, ceiling, calm = lo, longest, 0
         span = ceiling
         while cursor < hi:
             _check(stop)
             asked = min(hi, cursor + span)
             items, upper = self._first_page(cursor, asked)
-            if upper < asked:  # it took a 502/504 and half the span: no longer ones from now
-                ceiling = upper - cursor
+            if upper < asked:  # it took a 502/504 and half the span: no longer ones for a while
+                ceiling, calm = upper - cursor, 0
+            else:
+                calm += 1
+                if calm >= CALM_REQUESTS and ceiling < longest:  # try longer ones again
+                    ceiling, calm = min(longest, 2 * ceiling), 0
             cursor, span, taken = self._advance(cursor, upper, items, stop)
             span = min(span, ceiling)
             _collect(found, taken)

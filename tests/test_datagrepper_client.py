@@ -28,7 +28,13 @@ import requests
 from conftest import scaled_messages
 from servers import free_port
 
-from statscache_exporter.datagrepper import Cancelled, Datagrepper, DatagrepperError, Item
+from statscache_exporter.datagrepper import (
+    CALM_REQUESTS,
+    Cancelled,
+    Datagrepper,
+    DatagrepperError,
+    Item,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -309,6 +315,27 @@ def test_a_gateway_timeout_is_retried_once_on_half_the_window(
     with pytest.raises(DatagrepperError) as caught:
         Datagrepper(proxy.url).window(T, T + 600)
     assert caught.value.status == 504 and "Gateway Time-out" in str(caught.value)
+
+
+def test_after_a_calm_spell_longer_spans_are_tried_again(
+    dg: harness.Datagrepper, proxy: Proxy
+) -> None:
+    """A gateway that times out requests over 2,000 s: after the 504 the window goes on in
+    1,800 s spans, and every CALM_REQUESTS answers without one it tries 3,600 s again (which
+    fails again here, and is halved again): never stuck at short spans for the rest."""
+    hours = 12
+    sent = corpus_at([T + k * 900 + 7 for k in range(hours * 4)], seed=14)  # sparse: 1 a page
+    dg.add(sent)
+    proxy.longest = 2000.0
+    assert_exactly(Datagrepper(proxy.url).window(T, T + hours * 3600), sent)
+    spans = [(round(b - a), status) for a, b, status in proxy.windows]
+    assert spans[:2] == [(3600, 504), (1800, 200)]
+    failed = [i for i, (_, status) in enumerate(spans) if status == 504]
+    assert len(failed) >= 2  # tried again, more than once over 12 hours
+    for before, after in itertools.pairwise(failed):
+        calm = spans[before + 1 : after]  # the halved one, then CALM_REQUESTS more
+        assert len(calm) == 1 + CALM_REQUESTS and all(s == (1800, 200) for s in calm)
+    assert all(span <= 1800 for span, status in spans if status == 200)
 
 
 def test_bad_gateways_and_answers_that_are_not_raw(dg: harness.Datagrepper, proxy: Proxy) -> None:
