@@ -577,7 +577,8 @@ def bus_overview_prometheus() -> Json:
 def bus_overview_influxdb() -> Json:
     """The same questions over InfluxDB's per-second points, by the messages' own time, for
     long ranges (the exporter's self-metrics, rejected and duplicates, are Prometheus only)."""
-    per_second = 'sum("count") * 1000 / $__interval_ms'
+    # 1000.0: InfluxDB 1.6 types integer arithmetic in a subquery as integer (0 for < 1/s)
+    per_second = 'sum("count") * 1000.0 / $__interval_ms'
     panels = [
         stat(
             "Messages in the range",

@@ -1,0 +1,614 @@
+"""The bundled Grafana dashboards and provisioning (grafana/).
+
+a. Structure, without servers: the committed JSON is what grafana/generate.py builds; every
+   dashboard has a stable unique uid, a datasource variable and no ``__inputs``; every panel a
+   unit, a description, a query and a place on the 24-column grid that overlaps no other; the
+   provisioning YAML parses and names only what exists.
+b. Every panel query against real servers: the test corpus (tests/data) is replayed through
+   `statscache-exporter run` into a real Prometheus (scraping it every second) and, through the
+   exporter's InfluxDB sink, into a real InfluxDB 1.x. Then each dashboard variable is resolved
+   from the server and each panel query is prepared the way Grafana prepares it
+   (tests/grafana_queries.py) and run: each must be accepted and return data, and each target
+   must show a non-zero value, unless it is listed below with the reason it cannot for this
+   corpus.
+
+Prometheus stamps what it scrapes with the scrape time (the exporter exposes no timestamps), so
+the Prometheus dashboards are queried over their default range ending now; the corpus is
+replayed in two halves with a scrape in between, so that rates have something to show.
+InfluxDB's points carry the messages' own times (2012 to 2024): the InfluxDB dashboard is
+queried over the corpus's whole span and over one busy hour of it.
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import os
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+import zmq
+from conftest import corpus_messages
+from grafana_queries import (
+    GRAFANA,
+    TimeRange,
+    Variable,
+    influx_numbers,
+    influx_tag_values,
+    influxql_query,
+    load_generator,
+    parse_interval,
+    prometheus_format,
+    prometheus_label_values,
+    prometheus_query,
+    regex_format,
+    replace,
+    run_influxql,
+    run_prometheus,
+)
+from servers import (
+    Exporter,
+    InfluxDB,
+    Prometheus,
+    ReplayPipe,
+    Samples,
+    exporter_process,
+    free_port,
+    influxdb_server,
+    prometheus_server,
+    total,
+    wait_until,
+)
+
+generate = load_generator()
+PROVISIONING = GRAFANA / "provisioning"
+DASHBOARD_FILES = sorted(generate.DASHBOARD_DIR.glob("*.json"))
+#: Grafana's provisioning folder in the Debian/RPM packages and the Docker image: the README
+#: has grafana/provisioning/ copied (or mounted) there.
+GRAFANA_PROVISIONING = Path("/etc/grafana/provisioning")
+#: units the dashboards use, each one of Grafana's unit ids
+UNITS = {"mps", "cps", "ops", "short", "s", "bytes", "none"}
+INFLUX_DB = "statscache"
+
+WRITES = "Points written, failed batches, refused points per second"
+#: (dashboard uid, panel title, refId) -> why the target may show only zeros for this corpus
+ZERO_OK = {
+    ("statscache-exporter-health", "Plugin errors per second", "A"): (
+        "no bundled plugin fails on the corpus: the series exist, at 0"
+    ),
+    ("statscache-exporter-health", "Points set aside", "A"): (
+        "InfluxDB takes every point of the corpus: nothing is set aside"
+    ),
+    ("statscache-exporter-health", "Changes not queued", "A"): (
+        "the outbox never fills, and 1 s retention is off for the replay: nothing unqueued"
+    ),
+    ("statscache-exporter-health", "Oldest queued point", "A"): (
+        "queried after the outbox drained: nothing waits, so the age shows 0"
+    ),
+    ("statscache-exporter-health", "Points waiting for InfluxDB", "A"): (
+        "the sink drains each flush's points within a second: scrapes may never see any waiting"
+    ),
+    **{
+        ("statscache-exporter-health", WRITES, ref): "InfluxDB takes every batch and point"
+        for ref in "BC"
+    },
+    ("statscache-exporter-health", "Backfill remaining", "A"): (
+        "a fresh store and initial_backfill none: the gap filler has nothing to fetch"
+    ),
+    **{
+        ("statscache-exporter-health", "Backfill progress per second", ref): (
+            "a fresh store and initial_backfill none: the gap filler fetches nothing"
+        )
+        for ref in "ABCD"
+    },
+}  # fmt: skip
+#: (dashboard uid, panel title, refId) -> why the target returns no series for this corpus
+EXPECTED_EMPTY: dict[tuple[str, str, str], str] = {}
+
+
+def load(path: Path) -> dict[str, Any]:
+    board: dict[str, Any] = json.loads(path.read_text())
+    return board
+
+
+def query_panels(board: dict[str, Any]) -> list[dict[str, Any]]:
+    return [p for p in board["panels"] if p["type"] != "row"]
+
+
+def datasource_kind(board: dict[str, Any]) -> str:
+    (var,) = [v for v in board["templating"]["list"] if v["type"] == "datasource"]
+    kind: str = var["query"]
+    return kind
+
+
+# --- a. structure --------------------------------------------------------------------------------
+
+
+def test_the_committed_dashboards_are_what_generate_py_builds() -> None:
+    assert [p.name for p in generate.stale()] == [], "run: python grafana/generate.py"
+    assert {p.name for p in DASHBOARD_FILES} == set(generate.DASHBOARDS)
+
+
+def test_dashboard_uids_and_titles_are_unique_and_stable() -> None:
+    boards = [load(p) for p in DASHBOARD_FILES]
+    uids = [b["uid"] for b in boards]
+    assert len(set(uids)) == len(uids) == 3
+    assert len({b["title"] for b in boards}) == len(boards)
+    # uids are links and provisioning keys: they are written by hand, not derived
+    assert set(uids) == {
+        "statscache-bus-overview",
+        "statscache-bus-overview-influxdb",
+        "statscache-exporter-health",
+    }
+    for uid in uids:
+        assert re.fullmatch(r"[a-z0-9-]{1,40}", uid), uid
+
+
+@pytest.mark.parametrize("path", DASHBOARD_FILES, ids=lambda p: p.stem)
+def test_dashboard_structure(path: Path) -> None:
+    board = load(path)
+    assert "__inputs" not in board and "__requires" not in board
+    assert "${DS_" not in path.read_text(), "an import-time input: use the datasource variable"
+    assert board["id"] is None and board["schemaVersion"] == generate.SCHEMA_VERSION
+    assert board["title"] and board["description"] and generate.TAG in board["tags"]
+    assert board["time"]["from"].startswith("now-") and board["time"]["to"] == "now"
+    assert re.fullmatch(r"\d+[smh]", board["refresh"])
+    variables = board["templating"]["list"]
+    (ds_var,) = [v for v in variables if v["type"] == "datasource"]
+    kind = ds_var["query"]
+    assert kind in ("prometheus", "influxdb") and ds_var["name"] == "datasource"
+    ref = {"type": kind, "uid": "${datasource}"}
+    for var in variables:
+        if var["type"] == "query":
+            assert var["datasource"] == ref, var["name"]
+            assert var["query"] and var["refresh"] == 2, var["name"]
+    names = {v["name"] for v in variables}
+    panels = board["panels"]
+    assert len({p["id"] for p in panels}) == len(panels), "panel ids must be unique"
+    for p in query_panels(board):
+        where = f"{path.name}: {p['title']!r}"
+        assert p["description"].strip(), f"{where}: no description"
+        assert p["fieldConfig"]["defaults"].get("unit") in UNITS, f"{where}: unit"
+        assert p["datasource"] == ref, where
+        assert p["targets"], f"{where}: no target"
+        refs = [t["refId"] for t in p["targets"]]
+        assert len(set(refs)) == len(refs), where
+        for t in p["targets"]:
+            assert t["datasource"] == ref, where
+            text = t["expr"] if kind == "prometheus" else t["query"]
+            assert text.strip(), where
+            if kind == "influxdb":
+                assert t["rawQuery"] is True and "$timeFilter" in text, where
+            else:
+                check_windows(where, text)
+            used = {m for m in re.findall(r"\$(\w+)", text) if not m.startswith("__")}
+            assert used <= names | {"timeFilter"}, f"{where}: unknown variables {used - names}"
+    check_grid(path.name, panels)
+
+
+def check_windows(where: str, expr: str) -> None:
+    """A rate's window is $__rate_interval (at least four scrapes whatever the zoom), a count
+    over the range uses $__range: never $__interval (one scrape per window when zoomed in) nor
+    a fixed window."""
+    for function, window in re.findall(r"(\w+)\([^()]*\[([^\]]+)\]", expr):
+        wanted = "$__rate_interval" if function in ("rate", "irate") else "$__range"
+        assert window == wanted, f"{where}: {function}(...[{window}]) should use {wanted}"
+
+
+def test_the_window_check_sees_a_bad_window() -> None:
+    check_windows("test", "sum(rate(x[$__rate_interval])) + sum(increase(y[$__range]))")
+    with pytest.raises(AssertionError, match="should use"):
+        check_windows("test", "sum(rate(x[$__interval]))")
+    with pytest.raises(AssertionError, match="should use"):
+        check_windows("test", "increase(x[5m])")
+
+
+def check_grid(name: str, panels: list[dict[str, Any]]) -> None:
+    """On the 24-column grid, whole numbers, no two panels overlapping."""
+    cells: dict[tuple[int, int], str] = {}
+    for p in panels:
+        g = p["gridPos"]
+        assert all(isinstance(g[k], int) for k in "xywh"), (name, p["title"], g)
+        assert g["w"] >= 1 and g["h"] >= 1 and g["x"] >= 0 and g["y"] >= 0, (name, g)
+        assert g["x"] + g["w"] <= 24, f"{name}: {p['title']!r} goes past column 24: {g}"
+        for x in range(g["x"], g["x"] + g["w"]):
+            for y in range(g["y"], g["y"] + g["h"]):
+                other = cells.setdefault((x, y), p["title"])
+                assert other == p["title"], f"{name}: {p['title']!r} overlaps {other!r}"
+
+
+def test_the_grid_check_sees_an_overlap() -> None:
+    a = {"title": "a", "gridPos": {"x": 0, "y": 0, "w": 12, "h": 8}}
+    b = {"title": "b", "gridPos": {"x": 11, "y": 7, "w": 6, "h": 2}}
+    with pytest.raises(AssertionError, match="overlaps"):
+        check_grid("test", [a, b])
+    with pytest.raises(AssertionError, match="column 24"):
+        check_grid("test", [{"title": "c", "gridPos": {"x": 20, "y": 0, "w": 6, "h": 1}}])
+
+
+def grafana_env(text: str, env: dict[str, str]) -> str:
+    """Grafana's provisioning interpolation: ``$NAME`` and ``${NAME}`` from the environment
+    (unset: empty), ``$$`` for a literal ``$``."""
+    expand = re.compile(r"\$\{(\w+)\}|\$(\w+)")
+    return "$".join(
+        expand.sub(lambda m: env.get(m[1] or m[2], ""), part) for part in text.split("$$")
+    )
+
+
+def interpolated(value: Any, env: dict[str, str]) -> Any:
+    if isinstance(value, dict):
+        return {k: interpolated(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolated(v, env) for v in value]
+    return grafana_env(value, env) if isinstance(value, str) else value
+
+
+def provisioning(kind: str) -> dict[str, Any]:
+    (path,) = sorted((PROVISIONING / kind).glob("*.yaml"))
+    data: dict[str, Any] = yaml.safe_load(path.read_text())
+    assert data["apiVersion"] == 1, path
+    return data
+
+
+def test_datasource_provisioning_names_the_dashboards_datasources() -> None:
+    env = {
+        "STATSCACHE_PROMETHEUS_URL": "http://prometheus:9090",
+        "STATSCACHE_INFLUXDB_URL": "http://influxdb:8086",
+        "STATSCACHE_INFLUXDB_DATABASE": "statscache",
+    }
+    sources = interpolated(provisioning("datasources"), env)["datasources"]
+    by_type = {s["type"]: s for s in sources}
+    assert set(by_type) == {"prometheus", "influxdb"} and len(sources) == 2
+    prom, influx = by_type["prometheus"], by_type["influxdb"]
+    assert prom["url"] == "http://prometheus:9090" and influx["url"] == "http://influxdb:8086"
+    assert influx["jsonData"]["dbName"] == "statscache", "the database comes from the environment"
+    assert influx["jsonData"]["version"] == "InfluxQL"
+    for s in sources:
+        assert s["access"] == "proxy" and s["name"] and s["uid"]
+        parse_interval(s["jsonData"]["timeInterval"])
+    # each dashboard's datasource variable selects the provisioned datasource by default
+    for path in DASHBOARD_FILES:
+        board = load(path)
+        (var,) = [v for v in board["templating"]["list"] if v["type"] == "datasource"]
+        assert var["current"]["value"] == by_type[var["query"]]["uid"], path.name
+        assert var["current"]["text"] == by_type[var["query"]]["name"], path.name
+
+
+def test_dashboard_provisioning_points_at_the_dashboards_folder() -> None:
+    (provider,) = provisioning("dashboards")["providers"]
+    assert provider["type"] == "file" and provider["name"] and provider["folder"]
+    installed = Path(provider["options"]["path"])
+    # where the README's copy of grafana/provisioning/ puts the dashboards folder
+    in_repo = PROVISIONING / installed.relative_to(GRAFANA_PROVISIONING)
+    assert in_repo == generate.DASHBOARD_DIR and in_repo.is_dir()
+    assert sorted(in_repo.glob("*.json")) == DASHBOARD_FILES and DASHBOARD_FILES
+    # nothing else in the provisioning tree but what Grafana reads
+    found = {p.relative_to(PROVISIONING) for p in PROVISIONING.rglob("*") if p.is_file()}
+    expected = {p.relative_to(PROVISIONING) for p in DASHBOARD_FILES} | {
+        Path("datasources/statscache-exporter.yaml"),
+        Path("dashboards/statscache-exporter.yaml"),
+    }
+    assert found == expected
+
+
+def test_grafana_env_interpolation_as_grafana_does_it() -> None:
+    env = {"A": "x", "B_2": "y"}
+    assert grafana_env("$A-${B_2}-$C-$$A", env) == "x-y--$A"
+
+
+# --- b. against real servers ---------------------------------------------------------------------
+
+
+@dataclass
+class Replayed:
+    prometheus: Prometheus
+    influx: InfluxDB
+    exporter: Exporter
+    #: the corpus messages' own times, seconds
+    first: float
+    last: float
+    #: wall-clock time of the first scrape after everything was stored
+    scraped: float
+    #: when the Prometheus dashboards are "loaded" (see wait_for_a_step_after), ms
+    now_ms: int
+
+
+def message_time(m: dict[str, Any]) -> float | None:
+    """A corpus message's own time, read independently of the exporter."""
+    ts = m.get("timestamp")
+    if isinstance(ts, int | float):
+        return float(ts)
+    sent = (m.get("headers") or {}).get("sent-at")
+    if isinstance(sent, str):
+        parsed = datetime.fromisoformat(sent)
+        return float(calendar.timegm(parsed.utctimetuple()))
+    return None
+
+
+def settled(samples: Samples, items: int, source: str = "file") -> bool:
+    """The replay source handed over ``items`` messages, each is processed, a duplicate or
+    rejected, and what was processed is flushed (statscache_messages_total only moves after
+    a committed flush)."""
+
+    def of(name: str) -> float:
+        return sum(
+            v for (n, labels), v in samples.items() if n == name and ("source", source) in labels
+        )
+
+    received = of("statscache_exporter_messages_received_total")
+    processed = of("statscache_exporter_messages_processed_total")
+    handled = processed + of("statscache_exporter_messages_duplicate_total")
+    handled += of("statscache_exporter_messages_rejected_total")
+    stored = samples.get(("statscache_messages_total", ()), 0)
+    return received == handled == items and stored == processed
+
+
+@pytest.fixture(scope="module")
+def replayed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replayed]:
+    """One InfluxDB, one Prometheus scraping one exporter every second, for the module.
+
+    The exporter reads the corpus from a named pipe, in two halves (even and odd lines, so
+    both carry every kind of message) with a scrape in between. It also runs a fedmsg source
+    connected to a ZeroMQ publisher of this test that sends nothing: a live source, so that
+    the gap filler runs and exposes its metrics (a fresh store and ``initial_backfill: none``:
+    it has nothing to fetch, and its datagrepper URL is a closed port). volume_by_topic is
+    capped at 150 series (the corpus has 382 topics), so that the cap's overflow shows."""
+    tmp = tmp_path_factory.mktemp("grafana")
+    messages = corpus_messages()
+    times = [t for t in map(message_time, messages) if t is not None]
+    halves = [messages[0::2], messages[1::2]]
+    context = zmq.Context()
+    publisher = context.socket(zmq.PUB)
+    publisher.setsockopt(zmq.LINGER, 0)
+    bus_port = publisher.bind_to_random_port("tcp://127.0.0.1")
+    port = free_port()
+    pipe = ReplayPipe(tmp / "corpus.jsonl")
+    try:
+        with (
+            influxdb_server(tmp) as influx,
+            prometheus_server(tmp, [f"127.0.0.1:{port}"]) as prom,
+            exporter_process(
+                tmp,
+                [pipe.path],
+                port=port,
+                plugins={"volume_by_topic": {"max_series": 150}},
+                settings={
+                    "sources": [
+                        {"type": "replay", "name": "file", "paths": [str(pipe.path)]},
+                        {
+                            "type": "fedmsg",
+                            "name": "bus",
+                            "endpoints": [f"tcp://127.0.0.1:{bus_port}"],
+                        },
+                    ],
+                    # history from 2012 to 2024 goes to InfluxDB in full (the README's advice
+                    # for imports), whatever order it comes in
+                    "store": {"retention": {"1s": "forever"}},
+                    "influxdb": {
+                        "enabled": True,
+                        "url": influx.url,
+                        "database": INFLUX_DB,
+                        "create_database": True,
+                    },
+                    "backfill": {
+                        "enabled": True,
+                        "url": f"http://127.0.0.1:{free_port()}",
+                        "initial_backfill": "none",
+                    },
+                },
+            ) as exporter,
+        ):
+            sent = 0
+            for half in halves:
+                pipe.write_messages(half)
+                sent += len(half)
+                if sent == len(messages):
+                    pipe.close()
+                wait_until(
+                    exporter.samples, lambda s, n=sent: settled(s, n), f"{sent} messages stored"
+                )
+                prom.wait_for_scrape_after(time.time())
+            samples = wait_until(
+                exporter.samples,
+                lambda s: (
+                    total(s, "statscache_exporter_influxdb_pending_points") == 0
+                    and total(s, "statscache_exporter_source_connected") == 1
+                ),  # bus up, file read
+                "the outbox drained and the replay over",
+            )
+            assert total(samples, "statscache_exporter_influxdb_points_written_total") > 0
+            assert ("statscache_exporter_backfill_remaining_seconds", ()) in samples
+            done = time.time()
+            prom.wait_for_scrape_after(done)
+            now_ms = wait_for_a_step_after(done)
+            yield Replayed(prom, influx, exporter, min(times), max(times), done, now_ms)
+    finally:
+        pipe.close()
+        publisher.close()
+        context.term()
+
+
+def resolve(board: dict[str, Any], fetch: Any, formatter: Any, pick: str) -> dict[str, Variable]:
+    """Every variable of ``board``, in order (a query may use the ones before it), with its
+    options from the server and the selection ``pick``: "all" (All, or the first option of a
+    variable without All), "two" (the first two options of a multi-value one)."""
+    variables: dict[str, Variable] = {}
+    for v in board["templating"]["list"]:
+        if v["type"] == "datasource":
+            continue
+        var = Variable(v["name"], v.get("multi", False), v.get("includeAll", False))
+        if v["type"] == "custom":
+            var.options = [o.strip() for o in v["query"].split(",")]
+            var.selected = v["current"]["value"]
+        else:
+            assert v["type"] == "query", v
+            var.options = fetch(replace(v["query"], variables, formatter))
+            assert var.options, f"{board['uid']}: variable {var.name} has no values"
+            if var.include_all and pick == "all":
+                var.selected = "$__all"
+            elif var.multi and pick == "two":
+                var.selected = var.options[:2]
+            else:
+                var.selected = var.options[0]
+        variables[var.name] = var
+    return variables
+
+
+@dataclass
+class Outcome:
+    key: tuple[str, str, str]
+    query: str
+    error: str | None
+    values: list[float | None]
+    when: str = ""  # the time range asked, for the failure message
+
+
+def judge(outcomes: list[Outcome], strict: bool) -> list[str]:
+    """What is wrong: an error, a target without data (unless expected empty), and with
+    ``strict`` a target whose values are all zero (unless listed in ZERO_OK)."""
+    problems = []
+    for o in outcomes:
+        where = f"{' / '.join(o.key)}: {o.query} {o.when}"
+        numbers = [v for v in o.values if v is not None]
+        if o.error:
+            problems.append(f"{where}\n    refused: {o.error}")
+        elif leftover := re.findall(r"\$\w+", o.query):
+            problems.append(f"{where}\n    not substituted: {leftover}")
+        elif o.key in EXPECTED_EMPTY:
+            if numbers:
+                problems.append(f"{where}\n    listed as expected-empty but returns data")
+        elif not numbers:
+            problems.append(f"{where}\n    no data")
+        elif strict and o.key not in ZERO_OK and not any(numbers):
+            problems.append(f"{where}\n    only zeros")
+    return problems
+
+
+def max_data_points(panel: dict[str, Any]) -> int:
+    """Grafana asks for as many points as the panel is wide in pixels: here 64 per column
+    (a 1536-pixel-wide dashboard)."""
+    return int(panel["gridPos"]["w"]) * 64
+
+
+def datasource_settings(kind: str) -> dict[str, Any]:
+    sources = provisioning("datasources")["datasources"]
+    (source,) = [s for s in sources if s["type"] == kind]
+    settings: dict[str, Any] = source["jsonData"]
+    return settings
+
+
+def prometheus_outcomes(
+    r: Replayed, board: dict[str, Any], pick: str, now_ms: int
+) -> list[Outcome]:
+    scrape = datasource_settings("prometheus")["timeInterval"]
+    tr = TimeRange(now_ms - parse_interval(board["time"]["from"][4:]), now_ms)
+    variables = resolve(
+        board,
+        lambda q: prometheus_label_values(r.prometheus.url, q, tr),
+        prometheus_format,
+        pick,
+    )
+    out = []
+    for panel in query_panels(board):
+        for t in panel["targets"]:
+            expr = replace(t["expr"], variables, prometheus_format)
+            q = prometheus_query(expr, tr, t["instant"], max_data_points(panel), scrape)
+            error, values = run_prometheus(r.prometheus.url, q)
+            when = f"at {q.end}" if q.instant else f"from {q.start} to {q.end} step {q.step}"
+            key = (board["uid"], panel["title"], t["refId"])
+            out.append(Outcome(key, q.expr, error, values, f"({when}, scraped {r.scraped})"))
+    return out
+
+
+def range_steps(board: dict[str, Any]) -> set[float]:
+    """The steps, in seconds, of the board's range queries over its default time range."""
+    scrape = datasource_settings("prometheus")["timeInterval"]
+    span = parse_interval(board["time"]["from"][4:])
+    return {
+        prometheus_query("", TimeRange(0, span), False, max_data_points(p), scrape).step
+        for p in query_panels(board)
+        if any(not t["instant"] for t in p["targets"])
+    }
+
+
+def wait_for_a_step_after(when: float) -> int:
+    """Grafana ends a range query on a multiple of its step: wait until, for every step of
+    every Prometheus dashboard, the last one is after ``when`` (the scrape that saw
+    everything). The time the dashboards are then loaded at, in ms: every Prometheus query
+    runs as of that moment, whichever test asks it, so a rate's window still holds the
+    scrapes of both halves of the replay."""
+    steps = set().union(*(range_steps(load(p)) for p in PROMETHEUS_BOARDS))
+    while any((now := time.time()) // step * step <= when for step in steps):
+        time.sleep(0.2)
+    return int(now * 1000)
+
+
+PROMETHEUS_BOARDS = [p for p in DASHBOARD_FILES if datasource_kind(load(p)) == "prometheus"]
+INFLUX_BOARDS = [p for p in DASHBOARD_FILES if datasource_kind(load(p)) == "influxdb"]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("path", PROMETHEUS_BOARDS, ids=lambda p: p.stem)
+def test_every_prometheus_panel_query_returns_data(replayed: Replayed, path: Path) -> None:
+    board = load(path)
+    now_ms = replayed.now_ms
+    outcomes = prometheus_outcomes(replayed, board, "all", now_ms)
+    problems = judge(outcomes, strict=True)
+    # two values of each multi-value variable: the (a|b) form must be accepted and match
+    problems += judge(prometheus_outcomes(replayed, board, "two", now_ms), strict=False)
+    assert not problems, "\n".join(problems)
+    assert len(outcomes) == sum(len(p["targets"]) for p in query_panels(board))
+
+
+def influx_outcomes(r: Replayed, board: dict[str, Any], tr: TimeRange, pick: str) -> list[Outcome]:
+    min_interval = datasource_settings("influxdb")["timeInterval"]
+
+    def tag_values(q: str) -> list[str]:
+        error, series = run_influxql(r.influx.url, INFLUX_DB, q)
+        assert error is None, (q, error)
+        return influx_tag_values(series)
+
+    variables = resolve(board, tag_values, regex_format, pick)
+    out = []
+    for panel in query_panels(board):
+        for t in panel["targets"]:
+            text = replace(t["query"], variables, regex_format)
+            q = influxql_query(text, tr, max_data_points(panel), min_interval)
+            error, series = run_influxql(r.influx.url, INFLUX_DB, q)
+            key = (board["uid"], panel["title"], t["refId"])
+            out.append(Outcome(key, q, error, influx_numbers(series)))
+    return out
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("path", INFLUX_BOARDS, ids=lambda p: p.stem)
+def test_every_influxdb_panel_query_returns_data(replayed: Replayed, path: Path) -> None:
+    board = load(path)
+    whole = TimeRange(int(replayed.first * 1000) - 86_400_000, int(replayed.last * 1000) + 1000)
+    # the corpus's 2024 messages (fedora-messaging schema fixtures) are on 2024-03-01 12:xx UTC
+    hour = TimeRange(1_709_294_400_000, 1_709_298_000_000)
+    problems: list[str] = []
+    for tr in (whole, hour):
+        outcomes = influx_outcomes(replayed, board, tr, "all")
+        problems += judge(outcomes, strict=True)
+        problems += judge(influx_outcomes(replayed, board, tr, "two"), strict=False)
+    assert not problems, "\n".join(problems)
+
+
+def test_the_lists_of_exceptions_name_existing_targets() -> None:
+    targets = {
+        (load(p)["uid"], panel["title"], t["refId"])
+        for p in DASHBOARD_FILES
+        for panel in query_panels(load(p))
+        for t in panel["targets"]
+    }
+    assert set(ZERO_OK) <= targets, set(ZERO_OK) - targets
+    assert set(EXPECTED_EMPTY) <= targets, set(EXPECTED_EMPTY) - targets
+    assert os.path.isdir(GRAFANA)
