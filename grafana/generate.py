@@ -311,8 +311,8 @@ def layout(panels: Iterable[Json]) -> list[Json]:
 
 def datasource_variable(kind: str) -> Json:
     """The datasource the dashboard queries: any datasource of ``kind``, by default the one the
-    provisioning creates (Grafana falls back to the default one of that type when that uid is
-    missing, as after a manual import)."""
+    provisioning creates (where that uid does not exist, as after a manual import, Grafana
+    selects another datasource of the type and the user picks the right one)."""
     uid, name = (
         (PROMETHEUS_UID, PROMETHEUS_NAME) if kind == "prometheus" else (INFLUXDB_UID, INFLUXDB_NAME)
     )

@@ -40,6 +40,8 @@ from grafana_queries import (
     GRAFANA,
     TimeRange,
     Variable,
+    format_interval,
+    go_duration,
     influx_numbers,
     influx_tag_values,
     influxql_query,
@@ -50,6 +52,7 @@ from grafana_queries import (
     prometheus_query,
     regex_format,
     replace,
+    round_interval,
     run_influxql,
     run_prometheus,
 )
@@ -301,6 +304,57 @@ def test_dashboard_provisioning_points_at_the_dashboards_folder() -> None:
 def test_grafana_env_interpolation_as_grafana_does_it() -> None:
     env = {"A": "x", "B_2": "y"}
     assert grafana_env("$A-${B_2}-$C-$$A", env) == "x-y--$A"
+
+
+# --- the Grafana emulation itself, against values read from Grafana's sources -------------------
+
+
+def test_grafana_intervals_and_durations() -> None:
+    assert [round_interval(ms) for ms in (9, 1400, 14_000, 21_093, 2.97 * 86_400_000)] == [
+        1, 1000, 15_000, 20_000, 86_400_000,
+    ]  # fmt: skip
+    assert [format_interval(ms) for ms in (500, 15_000, 60_000, 86_400_000)] == [
+        "500ms", "15s", "1m", "1d",
+    ]  # fmt: skip
+    assert [go_duration(ms) for ms in (15_000, 60_000, 90_000, 3_600_000)] == [
+        "15s", "1m0s", "1m30s", "1h0m0s",
+    ]  # fmt: skip
+
+
+def test_grafana_builtins_for_a_six_hour_prometheus_panel() -> None:
+    six_hours = TimeRange(1_700_000_000_000 - 21_600_000, 1_700_000_000_000)
+    expr = "rate(x[$__rate_interval]) $__interval $__interval_ms $__range $__range_ms"
+    q = prometheus_query(expr, six_hours, False, 1536, "15s")
+    # 21,600 s / 1536 points = 14 s, under the 15 s scrape interval: the step is 15 s, and
+    # $__rate_interval max(15 s + 15 s, 4 x 15 s)
+    assert q.expr == "rate(x[1m0s]) 15s 15000 21600s 21600000"
+    assert (q.step, q.end % 15, q.end <= 1_700_000_000) == (15, 0, True)
+    q = prometheus_query("$__interval [$__rate_interval]", six_hours, False, 512, "15s")
+    assert (q.expr, q.step) == ("30s [1m0s]", 30)  # 21,600 s / 512 = 42 s: rounded to 30 s
+
+
+def test_grafana_builtins_for_influxql() -> None:
+    day = TimeRange(1_709_251_200_000, 1_709_337_600_000)
+    q = influxql_query(
+        "WHERE $timeFilter GROUP BY time($__interval) $__interval_ms", day, 768, "1s"
+    )
+    assert q == "WHERE time >= 1709251200000ms and time <= 1709337600000ms GROUP BY time(2m) 120000"
+
+
+def test_grafana_variable_formats() -> None:
+    single = Variable("one", multi=False, include_all=False, options=["a.b"], selected="a.b")
+    multi = Variable("many", multi=True, include_all=True, options=["a.b", "c/d", "e"])
+    multi.selected = "$__all"
+    variables = {"one": single, "many": multi}
+    text = 'x{a="$one", b=~"$many"} [[one]] ${many} $__interval $unknown'
+    # Prometheus: a single value as it is; regex values with the backslashes doubled (the regex
+    # sits in a PromQL string); All is every value, in a group
+    assert replace(text, variables, prometheus_format) == (
+        'x{a="a.b", b=~"(a\\\\.b|c/d|e)"} a.b (a\\\\.b|c/d|e) $__interval $unknown'
+    )
+    # InfluxQL: every variable regex-escaped, "/" too (the regex sits between slashes)
+    multi.selected = ["c/d"]
+    assert replace("/^$many$/ /^$one$/", variables, regex_format) == "/^c\\/d$/ /^a\\.b$/"
 
 
 # --- b. against real servers ---------------------------------------------------------------------
