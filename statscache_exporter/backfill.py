@@ -13,7 +13,7 @@ window keeps what it has read; a window that fails all the same is read again fr
 with backoff, up to ``retries`` times. Windows are handed to the pipeline **in order**, each
 followed by a checkpoint at its end, so ``covered_until`` only advances over windows that are
 complete and committed; a window that keeps failing stops the backfill with an error naming it,
-and the checkpoint stays before it. The backfill runs beside the live sources: counting is
+and the checkpoint stays before it (the gap filler of ``run`` goes on from it after a pause). The backfill runs beside the live sources: counting is
 order-free (counters add, gauges keep the newest message's value) and the pipeline skips a
 message it already counted by id.
 """
@@ -144,7 +144,13 @@ class _Linked(threading.Event):
 
 
 class BackfillError(Exception):
-    """A window could not be read after every retry; the message names it and why."""
+    """A window could not be read after every retry; the message names it and why.
+    ``remaining``: the ranges from that window on, not delivered."""
+
+    def __init__(self, message: str, window: Range) -> None:
+        super().__init__(message)
+        self.window = window
+        self.remaining: list[Range] = [window]
 
 
 @dataclass
@@ -162,6 +168,8 @@ class BackfillStats:
     #: spans asked for again in halves after a 502/504
     splits: int = 0
     remaining_seconds: float = 0.0
+    #: why the gap filler is stuck on a window it goes on trying, None while it is not
+    failed: str | None = None
     #: the time range of the current run, when it started (monotonic), and the messages
     #: delivered before it (the counts above add up over runs)
     range_seconds: float = 0.0
@@ -246,6 +254,9 @@ Cover = Callable[[float], None]
 
 #: tries of one request that gets no answer, a 429 or a 5xx, before its window fails
 REQUEST_ATTEMPTS = 3
+#: after a window failed every retry, the gap filler goes on from it after this many times
+#: ``backfill.retry_max``
+FAILED_PAUSE = 5
 
 
 def _ask_again(exc: DatagrepperError) -> bool:
@@ -377,14 +388,22 @@ class Backfill:
                         self._deliver(*pending.pop(0), *hand)
                 while pending:
                     self._deliver(*pending.pop(0), *hand)
+            except BackfillError as exc:
+                exc.remaining = merge(todo[todo.index(exc.window) :])
+                self._abort(abort, pending)
+                raise
             except BaseException:
-                abort.set()  # the other windows stop at their next request
-                for _, future in pending:
-                    future.cancel()
+                self._abort(abort, pending)
                 raise
         self.progress(stats, done=True)
         log.info("backfill: done, %d messages", stats.messages - stats.messages_before)
         return stats.messages - stats.messages_before
+
+    @staticmethod
+    def _abort(abort: threading.Event, pending: list[tuple[Range, Future[list[Item]]]]) -> None:
+        abort.set()  # the other windows stop at their next request
+        for _, future in pending:
+            future.cancel()
 
     def _deliver(
         self, window: Range, future: Future[list[Item]], deliver: Deliver, cover: Cover
@@ -415,7 +434,8 @@ class Backfill:
                 if attempt == self.config.retries:
                     raise BackfillError(
                         f"backfill stopped: the window {window} failed {attempt} times, last: "
-                        f"{exc}; the checkpoint stays before it and the next start retries"
+                        f"{exc}; the checkpoint stays before it",
+                        window,
                     ) from exc
                 wait = backoff.next()
                 log.warning(
@@ -500,7 +520,6 @@ class GapFiller:
         self.jobs: list[tuple[str, float, float]] = list(gaps)
         self.lock = threading.Condition()
         self.caught_up = threading.Event()
-        self.failed: str | None = None
         self.backfill = Backfill(config, emit, lambda t: emit(Covered(t)), stop)
         self._busy = False
 
@@ -527,10 +546,10 @@ class GapFiller:
 
     def run(self) -> None:
         try:
-            self.backfill.run(self.first)
+            self._until_done(self.first)
             for idents, history in self.histories:
                 log.info("backfill: the history of %s, for them alone", ", ".join(idents))
-                self.backfill.run([history], *self._handing_to(idents))
+                self._until_done([history], *self._handing_to(idents))
             self.caught_up.set()
             while not self.stop.is_set():
                 with self.lock:
@@ -541,16 +560,32 @@ class GapFiller:
                     self._busy = True
                 try:
                     overlap = self.config.overlap.total_seconds()
-                    self.backfill.run([Range(start - overlap, end + overlap)])
+                    self._until_done([Range(start - overlap, end + overlap)])
                     self.emit(GapFilled(source, start, end))
                 finally:
                     with self.lock:
                         self._busy = False
         except Cancelled:
             pass
-        except BackfillError as exc:
-            self.failed = str(exc)
-            log.error("%s", exc)
         except Exception:
-            self.failed = "unexpected error"
+            self.backfill.stats.failed = "unexpected error, see the log"
             log.exception("backfill failed")
+
+    def _until_done(
+        self, ranges: list[Range], deliver: Deliver | None = None, cover: Cover | None = None
+    ) -> None:
+        """Run a backfill of ``ranges``; when a window keeps failing, pause and go on from that
+        window (what came before it is delivered and covered), until done or stopped."""
+        pause = FAILED_PAUSE * self.config.retry_max.total_seconds()
+        while True:
+            try:
+                self.backfill.run(ranges, deliver, cover)
+            except BackfillError as exc:
+                self.backfill.stats.failed = str(exc)
+                log.error("%s; trying it again in %.0f s", exc, pause)
+                if self.stop.wait(pause):
+                    raise Cancelled("stopped while pausing after a failed window") from exc
+                ranges = exc.remaining
+            else:
+                self.backfill.stats.failed = None
+                return

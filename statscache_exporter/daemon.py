@@ -163,6 +163,7 @@ def web_context(
         ),
         ready_within=max(5.0, 5 * config.store.flush_interval.total_seconds()),
         live_sources=tuple(s.name for s in config.sources if s.type != "replay"),
+        backfill=backfill,
     )
 
 

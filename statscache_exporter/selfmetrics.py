@@ -194,6 +194,14 @@ class SelfMetrics:
             yield self._family("counter", name, help, [], [((), value)])
         yield self._family(
             "gauge",
+            "backfill_stuck",
+            "1 while the gap filler is stuck on a window that failed every retry (it goes on "
+            "trying)",
+            [],
+            [((), 1.0 if b.failed else 0.0)],
+        )
+        yield self._family(
+            "gauge",
             "backfill_remaining_seconds",
             "Time range the gap filler has yet to fetch",
             [],

@@ -31,6 +31,7 @@ from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPEN
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 
 from statscache_exporter import restapi
+from statscache_exporter.backfill import BackfillStats
 from statscache_exporter.config import HttpConfig
 from statscache_exporter.exposition import OPENMETRICS, TEXT, Exposition
 from statscache_exporter.pipeline import Pipeline
@@ -61,6 +62,8 @@ class Context:
     ready_within: float  # /readyz fails if the pipeline has not gone to flush for this long
     #: sources of a bus (not replay): /readyz fails while one is disconnected
     live_sources: tuple[str, ...] = ()
+    #: the gap filler's progress (None: no gap filler): /readyz fails while it is stuck
+    backfill: Callable[[], BackfillStats | None] = lambda: None
 
 
 class App:
@@ -168,6 +171,9 @@ class App:
         down = [name for name in self.ctx.live_sources if not connected.get(name)]
         if down:
             problems.append(f"not connected: {', '.join(down)}")
+        backfill = self.ctx.backfill()
+        if backfill is not None and backfill.failed:
+            problems.append(f"the gap filler is stuck, trying again: {backfill.failed}")
         try:
             self.ctx.reader.ping()
         except Exception as exc:

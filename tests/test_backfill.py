@@ -56,6 +56,7 @@ from statscache_exporter.backfill import (
     BackfillStats,
     BarProgress,
     Covered,
+    GapFiller,
     LogProgress,
     Range,
     plan,
@@ -670,6 +671,49 @@ def test_a_window_that_keeps_failing_stops_the_backfill_before_it(
     assert backfill.stats.requests_failed >= 3  # the bad window's three reads, at least
 
 
+@integration
+def test_the_gap_filler_goes_on_from_a_window_that_failed_every_retry(
+    data: Dataset, proxy: Proxy
+) -> None:
+    """In ``run``, a window that failed every retry is tried again after a pause, from that
+    window: stuck meanwhile (for /readyz and the self-metrics), and exact once it goes on."""
+    part = data.windows()[:6]
+    bad = part[3]
+    failing = threading.Event()
+    failing.set()
+
+    def fault(params: dict[str, str]) -> str | None:
+        start, end = float(params["start"]), float(params["end"])  # end inclusive
+        overlaps = start < bad.end and end >= bad.start
+        return "500" if failing.is_set() and overlaps else None
+
+    proxy.fault = fault
+    settings = backfill_config(
+        proxy.url, retries=2, retry_max=timedelta(milliseconds=100), concurrency=2
+    )
+    rec = Recorder()
+    stop = threading.Event()
+
+    def emit(event: object) -> None:
+        rec.events.append(event)  # type: ignore[arg-type]
+
+    filler = GapFiller(settings, emit, stop, [Range(part[0].start, part[-1].end)])
+    thread = threading.Thread(target=filler.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: filler.backfill.stats.failed is not None, "the window to fail")
+        assert f"the window {bad} failed 2 times" in (filler.backfill.stats.failed or "")
+        assert rec.covered == [w.end for w in part[:3]]  # nothing past it meanwhile
+        failing.clear()
+        wait_for(filler.caught_up.is_set, "the gap filler to go on and finish")
+    finally:
+        stop.set()
+        thread.join(timeout=DEADLINE)
+    assert filler.backfill.stats.failed is None
+    assert_delivered_in_windows(rec, data, part)
+    assert {i["msg_id"] for i in rec.items} == data.ids_before(part[-1].end)
+
+
 # --- statscache-exporter run: a process with a live source -------------------------------------
 
 
@@ -962,7 +1006,7 @@ def test_messages_also_delivered_live_during_the_backfill_are_counted_once(
         watch.close()
         publisher.close()
     assert not thread.is_alive()
-    assert filler.failed is None
+    assert filler.backfill.stats.failed is None
     assert stats.received["bus"] == 600
     assert (stats.processed["bus"], stats.duplicates["bus"]) == (300, 300)
     assert stats.duplicates["backfill"] == 300

@@ -140,6 +140,32 @@ def test_readyz_names_the_live_sources_that_are_down(tmp_path: Path) -> None:
     daemon.pipeline.close()
 
 
+def test_readyz_says_when_the_gap_filler_is_stuck(tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from statscache_exporter.backfill import BackfillStats
+    from statscache_exporter.daemon import exposition_for, web_context
+    from statscache_exporter.web import App
+
+    daemon = daemon_for(tmp_path)
+    stats = BackfillStats(failed="backfill stopped: the window X failed 8 times, last: HTTP 500")
+    app = App(web_context(daemon.pipeline, exposition_for(daemon.pipeline), backfill=lambda: stats))
+    daemon.flush()
+    status, _, body = app._readyz()
+    assert status == 503
+    assert body == (
+        b"not ready: the gap filler is stuck, trying again: backfill stopped: the window X "
+        b"failed 8 times, last: HTTP 500\n"
+    )
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(app.ctx.self_metrics)
+    assert "statscache_exporter_backfill_stuck 1.0" in generate_latest(registry).decode()
+    stats.failed = None
+    status, _, body = app._readyz()
+    assert (status, body) == (200, b"ready\n")
+    daemon.pipeline.close()
+
+
 def test_backoff_doubles_to_its_ceiling_with_jitter_and_resets() -> None:
     draws: list[tuple[float, float]] = []
 
