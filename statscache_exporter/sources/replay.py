@@ -3,7 +3,8 @@
 A file is either JSON Lines (one value per line) or one JSON document. Each value is a message
 in any of the four shapes, a datagrepper response page (``{"raw_messages": [...]}``), or a list
 of those. gzip files are recognised by their magic bytes, whatever their name. A line that is
-not JSON is handed on as text, so the pipeline rejects and counts it like any bad message.
+not JSON is handed on as text, and one whose bytes are not UTF-8 as those bytes, so the pipeline
+rejects and counts it (``not_json``) as it does the same bytes from the bus.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ def read(path: str | Path) -> Iterator[Any]:
                 value = None
             if value is None and first.lstrip().startswith(("{", "[")):
                 text = first + fh.read()
+                if _not_utf8(text):
+                    yield from _lines(text.splitlines(keepends=True))
+                    return
                 try:
                     document = json.loads(text)
                 except (ValueError, RecursionError):
@@ -72,12 +76,26 @@ def _lines(lines: Iterable[str]) -> Iterator[Any]:
     for line in lines:
         if not line.strip():
             continue
+        if _not_utf8(line):  # read with surrogateescape: hand on the bytes as they were
+            yield line.rstrip("\n").encode("utf-8", "surrogateescape")
+            continue
         try:
             value = json.loads(line)
         except (ValueError, RecursionError):
             yield line.rstrip("\n")  # rejected downstream as not_json
             continue
         yield from _expand(value)
+
+
+def _not_utf8(text: str) -> bool:
+    """Whether text read with ``errors="surrogateescape"`` held bytes that are not UTF-8."""
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _chain(first: str, rest: Iterable[str]) -> Iterator[str]:
