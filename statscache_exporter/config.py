@@ -431,6 +431,8 @@ def _check_source(source: SourceConfig, path: str) -> None:
     if isinstance(source, FedmsgSourceConfig):
         if not source.endpoints:
             raise ConfigError(f"{path}.endpoints: give at least one endpoint")
+        for n, endpoint in enumerate(source.endpoints):
+            _check_endpoint(endpoint, f"{path}.endpoints[{n}]")
         if source.high_water_mark < 0:
             raise ConfigError(f"{path}.high_water_mark: must be 0 (unlimited) or more")
     if isinstance(source, DatagrepperSourceConfig):
@@ -447,6 +449,21 @@ def _check_source(source: SourceConfig, path: str) -> None:
     reconnect = getattr(source, "reconnect", None)
     if reconnect is not None and not timedelta(0) < reconnect.initial <= reconnect.max:
         raise ConfigError(f"{path}.reconnect: need 0 < initial <= max")
+
+
+_TCP_ENDPOINT = re.compile(r"^tcp://(\*|\[[0-9a-fA-F:.]+\]|[^\s:/\[\]]+):([0-9]{1,5})$")
+
+
+def _check_endpoint(endpoint: str, path: str) -> None:
+    """A ZeroMQ endpoint to connect to: tcp://host:port (or ipc://path)."""
+    if endpoint.startswith("ipc://") and len(endpoint) > len("ipc://"):
+        return
+    match = _TCP_ENDPOINT.match(endpoint)
+    if match is None or not 0 < int(match.group(2)) < 65536:
+        raise ConfigError(
+            f"{path}: {endpoint!r} is not a ZeroMQ endpoint to connect to: give "
+            "tcp://host:port (e.g. tcp://hub.fedoraproject.org:9940) or ipc://path"
+        )
 
 
 def check_url(url: str, path: str, schemes: tuple[str, ...], example: str) -> None:

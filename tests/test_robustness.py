@@ -389,6 +389,11 @@ CONFIG_MISTAKES: dict[str, tuple[dict[str, Any], str, tuple[str, ...]]] = {
         "sources[0].amqp_url",
         ("must start with amqp:// or amqps://",),
     ),
+    "bad-zeromq-endpoint": (
+        {"sources": [{"type": "fedmsg", "endpoints": ["tcp://hub:9940", "tcp://no-port-here"]}]},
+        "sources[0].endpoints[1]",
+        ("'tcp://no-port-here' is not a ZeroMQ endpoint", "tcp://host:port"),
+    ),
     "bad-url-influxdb-no-host": (
         {"influxdb": {"enabled": True, "url": "http://"}},
         "influxdb.url",

@@ -10,6 +10,7 @@ sleeping for ZeroMQ's slow joiner."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sqlite3
@@ -333,11 +334,15 @@ def test_an_endpoint_nobody_listens_on_is_reported_and_stop_is_prompt(running: A
     assert run.stop() < POLL_MS / 1000 + 0.5
 
 
-def test_an_endpoint_zeromq_cannot_parse_stops_the_source_with_a_config_error() -> None:
-    run = Running(FedmsgSource(source_config("tcp://no-port-here")))
+def test_an_endpoint_that_is_not_one_is_a_config_error_naming_it() -> None:
+    with pytest.raises(ConfigError, match=r"^sources\[0\]\.endpoints\[0\]: 'tcp://no-port-here'"):
+        source_config("tcp://no-port-here")
+    # one that slipped past the config (built in code): the source stops with the same error
+    config = dataclasses.replace(source_config("tcp://127.0.0.1:1"), endpoints=("tcp://x",))
+    run = Running(FedmsgSource(config))
     run.thread.join(timeout=5)
     assert isinstance(run.error, ConfigError)
-    assert "endpoint 'tcp://no-port-here'" in str(run.error)
+    assert "endpoint 'tcp://x'" in str(run.error)
 
 
 def test_socket_options_come_from_the_config() -> None:
