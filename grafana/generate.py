@@ -455,7 +455,7 @@ def bus_overview_prometheus() -> Json:
     category_selector = sel(by_category, 'category=~"$category"')
     panels = [
         stat(
-            "Messages per second",
+            "Messages per second now",
             "Messages the exporters counted per second, now (rate over $__rate_interval). "
             "Counted when processed: a replay or a backfill shows as a burst.",
             "mps",

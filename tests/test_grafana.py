@@ -176,6 +176,8 @@ def test_dashboard_structure(path: Path) -> None:
     names = {v["name"] for v in variables}
     panels = board["panels"]
     assert len({p["id"] for p in panels}) == len(panels), "panel ids must be unique"
+    titles = [p["title"] for p in panels]
+    assert len(set(titles)) == len(titles), "panel titles name the panels in this test"
     for p in query_panels(board):
         where = f"{path.name}: {p['title']!r}"
         assert p["description"].strip(), f"{where}: no description"
