@@ -13,9 +13,9 @@ window keeps what it has read; a window that fails all the same is read again fr
 with backoff, up to ``retries`` times. Windows are handed to the pipeline **in order**, each
 followed by a checkpoint at its end, so ``covered_until`` only advances over windows that are
 complete and committed; a window that keeps failing stops the backfill with an error naming it,
-and the checkpoint stays before it (the gap filler of ``run`` goes on from it after a pause). The backfill runs beside the live sources: counting is
-order-free (counters add, gauges keep the newest message's value) and the pipeline skips a
-message it already counted by id.
+and the checkpoint stays before it (the gap filler of ``run`` goes on from it after a pause).
+The backfill runs beside the live sources: counting is order-free (counters add, gauges keep
+the newest message's value) and the pipeline skips a message it already counted by id.
 """
 
 from __future__ import annotations
