@@ -168,8 +168,12 @@ def web_context(
 
 
 class Daemon:
-    def __init__(self, config: Config) -> None:
+    """``external``: names of live sources fed from outside the config (the fedmsg-hub
+    consumer): they count as live for the gap filler, as the configured ones do."""
+
+    def __init__(self, config: Config, external: tuple[str, ...] = ()) -> None:
         self.config = config
+        self.external = external
         self.stop = threading.Event()
         self.closing = threading.Event()
         self.queue: queue.Queue[tuple[str, Any, Ack | None]] = queue.Queue(QUEUE_SIZE)
@@ -231,7 +235,10 @@ class Daemon:
         return self.filler.backfill.stats if self.filler is not None else None
 
     def _live(self) -> list[str]:
-        return [s.name for s in self.config.sources if s.type not in ("replay", "datagrepper")]
+        configured = [
+            s.name for s in self.config.sources if s.type not in ("replay", "datagrepper")
+        ]
+        return configured + list(self.external)
 
     def _start_backfill(self) -> None:
         """What was missed before this start, then every outage still unfilled (read here,

@@ -19,7 +19,8 @@ and hands each message's envelope (``message['body']``) to the pipeline through 
 ``emit`` a source uses, as the source ``fedmsg-hub``. The hub owns the ZeroMQ sockets, their
 options and signature validation (``validate_signatures`` in fedmsg's configuration: moksha
 logs and drops what fails it); the hub does not tell its consumers about connections, so the
-source counts as connected from start to stop.
+source counts as connected from start to stop. It is a live source like a configured one: with
+``backfill.enabled``, the gap filler fetches from datagrepper what was missed before the start.
 
 Stopping: moksha stops its consumers on SIGINT and SIGHUP. The consumer then lets moksha's
 worker threads hand over every message already queued for it, stops the pipeline thread, and
@@ -164,7 +165,7 @@ class ExporterThread:
 
     def _run(self) -> None:
         try:
-            daemon = Daemon(self.config)
+            daemon = Daemon(self.config, external=(SOURCE_NAME,))
         except BaseException as exc:
             self._error = exc
             self._ready.set()
