@@ -39,8 +39,8 @@ unit: $(STAMP) test-deps $(DG_STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
-	$(BIN)/ruff check statscache_exporter plugins tests bench
-	$(BIN)/ruff format --check statscache_exporter plugins tests bench
+	$(BIN)/ruff check statscache_exporter plugins tests bench grafana
+	$(BIN)/ruff format --check statscache_exporter plugins tests bench grafana
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
