@@ -61,7 +61,7 @@ bench: $(STAMP) test-deps $(DG_STAMP)
 	  $(BIN)/python bench/$$name.py "$$@" --json $(BENCH_OUT)/$$name.json || \
 	    echo "$$name" >> $(BENCH_OUT)/failed; \
 	  echo "=== $$name: $$(( $$(date +%s) - start )) s" >&2; }; \
-	run pipeline --profile 50000; \
+	run pipeline --profile 20000; \
 	run memory; \
 	run latency; \
 	run metrics_render; \

@@ -93,6 +93,21 @@ class SizeResult:
     outcomes: dict[str, int] = field(default_factory=dict)
     store_total: int = 0
     store_bytes: int = 0
+    #: (messages handled, pipeline seconds so far) after each chunk: how the cost moves as the
+    #: store grows
+    progress: list[tuple[int, float]] = field(default_factory=list)
+
+    def tenths(self) -> list[float]:
+        """µs a message over each tenth of the run (by chunks: as near as they fall)."""
+        out: list[float] = []
+        done, spent = 0, 0.0
+        for k in range(1, 11):
+            edge = self.messages * k // 10
+            upto = next(((n, t) for n, t in self.progress if n >= edge), self.progress[-1])
+            if upto[0] > done:
+                out.append((upto[1] - spent) / (upto[0] - done) * 1e6)
+                done, spent = upto
+        return out
 
     @property
     def loads_rate(self) -> float:
@@ -126,6 +141,7 @@ class SizeResult:
             "outcomes": self.outcomes,
             "store_total": self.store_total,
             "store_bytes": self.store_bytes,
+            "us_per_message_by_tenth": [round(x, 1) for x in self.tenths()],
         }
 
 
@@ -166,6 +182,7 @@ def run_size(n: int, seed: int, root: Path, chunk: int) -> SizeResult:
                         outcomes[handle(line)] += 1
                     result.pipeline_seconds += perf() - t0
             done += len(lines)
+            result.progress.append((done, result.pipeline_seconds))
             if done % 100_000 < chunk or done == n:
                 log(f"  {done:,} / {n:,}: pipeline {done / result.pipeline_seconds:,.0f}/s")
             began = perf()
@@ -275,7 +292,10 @@ def markdown(report: dict[str, Any], results: list[SizeResult]) -> str:
         "",
         f"Target: ratio ≥ {TARGET_RATIO} at {last.messages:,} messages: **{last.ratio:.3f}** "
         f"({verdict}). Growth: the time per message at {last.messages:,} is {growth:.2f}x "
-        f"that at {first.messages:,} ({shape}; within 10% counts as linear).",
+        f"that at {first.messages:,} ({shape}; within 10% counts as linear). At "
+        f"{last.messages:,}, µs a message over each tenth of the run: "
+        + ", ".join(f"{x:.0f}" for x in last.tenths())
+        + ".",
         "",
         "Every run: each message processed once, none rejected, the store's `messages` total "
         "equal to the size. ratio = pipeline messages/s / json.loads messages/s of the same "
