@@ -278,7 +278,7 @@ def markdown(report: dict[str, Any], rounds: list[Round]) -> str:
         f"ratio ours/bare **{report['ratio']:.3f}**.",
         "",
         "Ours is the whole path: AMQP → fedora-messaging Message → normalize → dedup by id → "
-        "the six bundled plugins → per-second buckets at 4 resolutions → one SQLite "
+        "every bundled plugin → per-second buckets at 4 resolutions → one SQLite "
         "transaction per flush → acknowledgements. Bare only acknowledges. Every round checks "
         "that the store counted exactly the published messages, per category, and that both "
         "queues are empty.",

@@ -270,8 +270,9 @@ def markdown(report: dict[str, Any], results: list[SizeResult]) -> str:
         f"### {NAME}: messages through every bundled plugin into the store vs json.loads",
         "",
         f"{report['date']} · {m['nproc']} CPU ({m['cpu']}) · {m['python']} · SQLite "
-        f"{m['sqlite']} · seed {report['seed']} · chunks of {report['chunk']:,} · load "
-        f"average {m['loadavg']} at start, {report['loadavg_end']} at end",
+        f"{m['sqlite']} · {len(report['plugins'])} plugins · seed {report['seed']} · chunks "
+        f"of {report['chunk']:,} · load average {m['loadavg']} at start, "
+        f"{report['loadavg_end']} at end",
         "",
         "| messages | pipeline s | pipeline messages/s | json.loads messages/s | ratio "
         "| µs a message | vs first size | flushes | series |",
@@ -367,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": info,
         "seed": args.seed,
         "chunk": args.chunk,
+        "plugins": sorted(bundled()),
         "unit": "messages/s",
         "results": [r.as_dict() for r in results],
         "ratio": last.ratio,
