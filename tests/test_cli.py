@@ -20,6 +20,54 @@ from statscache_exporter.cli import main
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_YAML = REPO / "config.yaml"
 BUNDLED = {
+    "accounts": ["accounts_registered", "accounts_group_membership_changes"],
+    "badges": ["badges_awarded"],
+    "bodhi": ["bodhi_updates", "bodhi_comments_by_user", "bodhi_comment_karma"],
+    "copr": [
+        "copr_builds_started",
+        "copr_builds_ended",
+        "copr_builds_started_by_owner",
+        "copr_builds_ended_by_owner",
+    ],
+    "koji": [
+        "koji_builds",
+        "koji_builds_by_owner",
+        "koji_builds_started",
+        "koji_builds_finished",
+        "koji_tasks",
+        "koji_tag_changes",
+    ],
+    "pagure_contributions": [
+        "pagure_contributions",
+        "pagure_contributions_by_project",
+        "pagure_contributions_by_user",
+    ],
+    "releng_composes": [
+        "releng_compose_events",
+        "releng_compose_status",
+        "releng_compose_last_change_timestamp_seconds",
+        "releng_compose_last_success_timestamp_seconds",
+    ],
+    "releng_image_uploads": [
+        "releng_image_events",
+        "releng_image_upload_status",
+        "releng_image_upload_last_change_timestamp_seconds",
+        "releng_image_upload_last_success_timestamp_seconds",
+    ],
+    "releng_koji_artifacts": [
+        "releng_koji_artifact_events",
+        "releng_koji_artifact_status",
+        "releng_koji_artifact_last_change_timestamp_seconds",
+        "releng_koji_artifact_last_success_timestamp_seconds",
+    ],
+    "releng_updates": [
+        "releng_bodhi_compose_events",
+        "releng_bodhi_compose_status",
+        "releng_bodhi_compose_last_change_timestamp_seconds",
+        "releng_bodhi_compose_last_success_timestamp_seconds",
+        "releng_updates_syncs",
+        "releng_updates_last_sync_timestamp_seconds",
+    ],
     "volume": ["messages"],
     "volume_by_category": ["messages_by_category"],
     "volume_by_topic": ["messages_by_topic"],
@@ -122,7 +170,8 @@ def test_check_config_lists_only_enabled_plugins(
     assert main(["check-config", "--config", str(path)]) == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert first == (
-        "# config OK; plugins enabled: "
+        "# config OK; plugins enabled: accounts, badges, bodhi, copr, koji, pagure_contributions, "
+        "releng_composes, releng_image_uploads, releng_koji_artifacts, releng_updates, "
         "volume_by_agent, volume_by_category, volume_by_package, volume_by_topic"
     )
 
@@ -203,7 +252,7 @@ def test_missing_config_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_default_is_config_yaml_in_cwd(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write_config(tmp_path, {"plugins": {"volume": {"enabled": False}}})
     assert main(["check-config"]) == 0
-    assert "plugins enabled: volume_by_agent," in capsys.readouterr().out
+    assert "releng_updates, volume_by_agent, volume_by_category," in capsys.readouterr().out
 
 
 def test_no_config_anywhere_names_config_yaml(capsys: pytest.CaptureFixture[str]) -> None:

@@ -39,6 +39,16 @@ from statscache_exporter.plugin import Counter, Output, Plugin, PluginError, dis
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_YAML = REPO / "config.yaml"
 BUNDLED = {
+    "accounts",
+    "badges",
+    "bodhi",
+    "copr",
+    "koji",
+    "pagure_contributions",
+    "releng_composes",
+    "releng_image_uploads",
+    "releng_koji_artifacts",
+    "releng_updates",
     "volume",
     "volume_by_category",
     "volume_by_topic",

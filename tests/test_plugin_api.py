@@ -140,6 +140,16 @@ def test_valid_emissions_come_out_in_declared_label_order() -> None:
 def test_discovery_finds_the_bundled_plugins_through_entry_points() -> None:
     found = bundled()
     assert sorted(found) == [
+        "accounts",
+        "badges",
+        "bodhi",
+        "copr",
+        "koji",
+        "pagure_contributions",
+        "releng_composes",
+        "releng_image_uploads",
+        "releng_koji_artifacts",
+        "releng_updates",
         "volume",
         "volume_by_agent",
         "volume_by_category",
@@ -149,7 +159,7 @@ def test_discovery_finds_the_bundled_plugins_through_entry_points() -> None:
     ]
     for ident, cls in found.items():
         assert cls.ident == ident
-        assert cls.__module__ == "statscache_plugins.volume"
+        assert cls.__module__.startswith("statscache_plugins.")
 
 
 def test_an_entry_point_may_name_an_iterable_of_classes() -> None:

@@ -32,6 +32,18 @@ T0 = 1_709_294_400  # 2024-03-01T12:00:00Z, a whole hour (not a whole day: midni
 NOW = T0 + 2 * 86400  # the app's clock: 2024-03-03T12:00:00Z
 KEEP_ALL = {"1s": "forever", "1m": "forever", "1h": "forever", "1d": "forever"}
 HOST = "exporter.test"
+OTHER_BUNDLED_IDENTS = [
+    "accounts",
+    "badges",
+    "bodhi",
+    "copr",
+    "koji",
+    "pagure_contributions",
+    "releng_composes",
+    "releng_image_uploads",
+    "releng_koji_artifacts",
+    "releng_updates",
+]
 VOLUME_IDENTS = [
     "volume",
     "volume_by_agent",
@@ -297,7 +309,7 @@ def test_index_lists_each_enabled_plugin_with_its_metrics(open_store: Any) -> No
         assert headers["access-control-allow-origin"] == "*"
         listing = json.loads(body)
         assert set(listing) == {"plugins"}
-        assert len(listing["plugins"]) == 7
+        assert len(listing["plugins"]) == 17  # 16 bundled and "multi"
         by_ident = {entry["ident"]: entry for entry in listing["plugins"]}
         assert by_ident == expected_listing(plugins.values())
     assert by_ident["volume"] == {
@@ -330,13 +342,14 @@ def test_index_leaves_out_disabled_plugins_and_they_are_404(tmp_path: Path) -> N
 
 def check_index_without_agent(app: App) -> None:
     listing = get_json(app, "/api/")
-    assert sorted(e["ident"] for e in listing["plugins"]) == [
+    assert sorted(e["ident"] for e in listing["plugins"]) == OTHER_BUNDLED_IDENTS + [
         i for i in VOLUME_IDENTS if i != "volume_by_agent"
     ]
     message = assert_error(app, "/api/volume_by_agent", 404, None)
     assert "volume_by_agent" in message
     assert message.endswith(
-        "available: volume, volume_by_category, volume_by_package, volume_by_topic, volume_by_user"
+        "releng_updates, volume, volume_by_category, volume_by_package, volume_by_topic, "
+        "volume_by_user"
     )
 
 
@@ -1159,7 +1172,9 @@ def test_basic_auth_through_a_real_server(open_store: Any) -> None:
         assert requests.get(f"{base}/api/", auth=("stats", "nope"), timeout=5).status_code == 401
         ok = requests.get(f"{base}/api/", auth=("stats", "s3cret:pw"), timeout=5)
         assert ok.status_code == 200
-        assert sorted(e["ident"] for e in ok.json()["plugins"]) == VOLUME_IDENTS
+        assert (
+            sorted(e["ident"] for e in ok.json()["plugins"]) == OTHER_BUNDLED_IDENTS + VOLUME_IDENTS
+        )
         assert requests.get(f"{base}/healthz", timeout=5).status_code == 200
     finally:
         server.stop()
