@@ -60,6 +60,12 @@ def build_input(now: float) -> list[dict[str, Any]]:
             add(ts, topics[k % len(topics)], [f"user{u}"], [f"pkg{u % 12}"])
     for k in range(40):  # the last hour, away from its start: several per second at times
         add(now - 50 * 60 + (k // 3) * 37, topics[k % 2], ["hourly"], [])
+    for o in range(4):  # koji builds of owner o: some failed, some complete, over three days
+        for k in range(2 * o + 3):
+            ts = now - 3 * 3600 - (o * 5003 + k * 9973) % (3 * 86400 - 6 * 3600)
+            add(ts, topics[0], [f"owner{o}"], [f"pkg{o}"])
+            new = 3 if k % 3 != 2 else 1  # FAILED, else COMPLETE
+            items[-1]["msg"] = {"owner": f"owner{o}", "new": new, "old": 0, "name": f"pkg{o}"}
     return items
 
 
@@ -104,6 +110,12 @@ def expectations(items: list[dict[str, Any]], now: float) -> dict[str, Any]:
     builds = Counter(
         t // 3600 * 3600 for t, i in week if i["topic"].endswith(".buildsys.build.state.change")
     )
+    # koji's build states by number (koji.BUILD_STATES): 1 COMPLETE, 3 FAILED
+    state_names = {1: "complete", 3: "failed"}
+    koji_builds = [(t, i["msg"]) for t, i in week if "new" in i["msg"]]
+    failed_by_owner = Counter(
+        (m["owner"], t // 3600 * 3600) for t, m in koji_builds if m["new"] == 3
+    )
     return {
         "volume per second by category, last hour": dict(
             Counter((category(i["topic"]), t) for t, i in hour)
@@ -115,6 +127,10 @@ def expectations(items: list[dict[str, Any]], now: float) -> dict[str, Any]:
         "top 10 users last week": dict(users.most_common(10)),
         "top 10 packages last week": dict(packages.most_common(10)),
         "koji build state changes per hour, last week": dict(builds),
+        "failed koji builds per hour by owner, last week": dict(failed_by_owner),
+        "koji builds by new state, last week": dict(
+            Counter(state_names[m["new"]] for _, m in koji_builds)
+        ),
         "busiest second of the last day": max(Counter(day).values()),
         "messages per exporter instance, last day": {"r1": len(day)},
     }
@@ -131,6 +147,15 @@ def normalise(name: str, result: Any) -> Any:
         return series[0]["values"][0][1]
     if name == "messages per exporter instance, last day":
         return {s["tags"]["instance"]: s["values"][0][1] for s in series}
+    if name == "koji builds by new state, last week":
+        return {s["tags"]["state"]: s["values"][0][1] for s in series}
+    if "by owner" in name:
+        return {
+            (s["tags"]["owner"], row[0]): row[1]
+            for s in series
+            for row in s["values"]
+            if row[1] is not None
+        }
     if "by category" in name:
         return {
             (s["tags"]["category"], row[0]): row[1]
