@@ -116,6 +116,7 @@ def _panel(
     h: int,
     defaults: Json | None = None,
     options: Json | None = None,
+    overrides: Sequence[Json] = (),
     **extra: Any,
 ) -> Json:
     refs = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -126,7 +127,10 @@ def _panel(
         "description": description,
         "datasource": dict(numbered[0]["datasource"]),
         "gridPos": {"h": h, "w": w, "x": 0, "y": 0},  # placed by layout()
-        "fieldConfig": {"defaults": {"unit": unit, **(defaults or {})}, "overrides": []},
+        "fieldConfig": {
+            "defaults": {"unit": unit, **(defaults or {})},
+            "overrides": list(overrides),
+        },
         "options": options or {},
         "targets": numbered,
         **extra,
@@ -226,9 +230,10 @@ def table(
     label: str,
     w: int = 12,
     h: int = 10,
+    value_name: str = "messages",
 ) -> Json:
-    """A table of one label and one value column, sorted by the value (instant PromQL with
-    ``format: table``, or InfluxQL with ``resultFormat: table``)."""
+    """A table of one label and one value column (shown as ``value_name``), sorted by the
+    value (instant PromQL with ``format: table``, or InfluxQL with ``resultFormat: table``)."""
     return _panel(
         "table",
         title,
@@ -242,7 +247,7 @@ def table(
             "cellHeight": "sm",
             "footer": {"show": False, "reducer": ["sum"], "fields": ""},
             "showHeader": True,
-            "sortBy": [{"desc": True, "displayName": "messages"}],
+            "sortBy": [{"desc": True, "displayName": value_name}],
         },
         transformations=[
             {
@@ -250,7 +255,7 @@ def table(
                 "options": {
                     "excludeByName": {"Time": True, "time": True},
                     "indexByName": {label: 0, value_column: 1},
-                    "renameByName": {value_column: "messages"},
+                    "renameByName": {value_column: value_name},
                 },
             }
         ],
@@ -275,6 +280,129 @@ def bargauge(
             "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
             "showUnfilled": True,
         },
+    )
+
+
+def value_mapping(states: Sequence[tuple[str, str]]) -> Json:
+    """A Grafana value mapping of state codes 0, 1, ... to (name, colour), in that order: how
+    the releng plugins' ``..._status`` gauges (a number per state) read as text again."""
+    return {
+        "options": {
+            str(code): {"color": color, "index": code, "text": name}
+            for code, (name, color) in enumerate(states)
+        },
+        "type": "value",
+    }
+
+
+def _column(ref: str, **properties: Any) -> Json:
+    """A field override for the value column of query ``ref`` of a merged table (Grafana
+    names it ``Value #<ref>``)."""
+    return {
+        "matcher": {"id": "byName", "options": f"Value #{ref}"},
+        "properties": [{"id": key, "value": value} for key, value in properties.items()],
+    }
+
+
+def state_table(
+    title: str,
+    description: str,
+    labels: Sequence[str],
+    state: str,
+    changed: str,
+    succeeded: str | None,
+    mapping: Json,
+    w: int = 24,
+    h: int = 10,
+) -> Json:
+    """The latest state of each thing a releng plugin follows: one row per ``labels``, with
+    its state in colour (``state``: the ``..._status`` gauge, mapped back to names by
+    ``mapping``), how long it has been in it (``changed``: ``time() - ..._last_change``) and,
+    if given, how long since its last success (``succeeded``). Three instant queries in table
+    format, merged on the labels (each query keeps only ``labels``, so the rows line up)."""
+
+    def by(expr: str) -> str:
+        return f"max by ({', '.join(labels)}) ({expr})"
+
+    targets = [prom(by(state), instant=True, table=True)]
+    targets.append(prom(f"time() - {by(changed)}", instant=True, table=True))
+    overrides = [
+        _column(
+            "A",
+            displayName="state",
+            unit="none",
+            mappings=[mapping],
+            **{"custom.cellOptions": {"type": "color-background", "mode": "basic"}},
+        ),
+        _column("B", displayName="in this state for"),
+    ]
+    if succeeded is not None:
+        targets.append(prom(f"time() - {by(succeeded)}", instant=True, table=True))
+        overrides.append(_column("C", displayName="last success"))
+    order = {name: i for i, name in enumerate([*labels, "Value #A", "Value #B", "Value #C"])}
+    return _panel(
+        "table",
+        title,
+        description,
+        "s",
+        targets,
+        w,
+        h,
+        defaults={"custom": {"align": "auto", "cellOptions": {"type": "auto"}}},
+        options={
+            "cellHeight": "sm",
+            "footer": {"show": False, "reducer": ["sum"], "fields": ""},
+            "showHeader": True,
+            "sortBy": [{"desc": False, "displayName": labels[0]}],
+        },
+        overrides=overrides,
+        transformations=[
+            {"id": "merge", "options": {}},
+            {
+                "id": "organize",
+                "options": {"excludeByName": {"Time": True}, "indexByName": order},
+            },
+        ],
+    )
+
+
+def matrix_table(
+    title: str,
+    description: str,
+    unit: str,
+    target: Json,
+    row_label: str,
+    column_label: str,
+    w: int = 12,
+    h: int = 10,
+) -> Json:
+    """One instant query in table format, pivoted: a row per ``row_label`` value, a column
+    per ``column_label`` value (Grafana's "Grouping to matrix" transformation)."""
+    return _panel(
+        "table",
+        title,
+        description,
+        unit,
+        [target],
+        w,
+        h,
+        defaults={"custom": {"align": "auto", "cellOptions": {"type": "auto"}}, "noValue": "0"},
+        options={
+            "cellHeight": "sm",
+            "footer": {"show": True, "reducer": ["sum"], "fields": ""},
+            "showHeader": True,
+        },
+        transformations=[
+            {
+                "id": "groupingToMatrix",
+                "options": {
+                    "columnField": column_label,
+                    "rowField": row_label,
+                    "valueField": "Value",
+                    "emptyValue": "null",
+                },
+            }
+        ],
     )
 
 
@@ -332,12 +460,22 @@ def datasource_variable(kind: str) -> Json:
     }
 
 
-def query_variable(kind: str, name: str, label: str, query: str, multi: bool = True) -> Json:
+def query_variable(
+    kind: str,
+    name: str,
+    label: str,
+    query: str,
+    multi: bool = True,
+    all_value: str | None = None,
+) -> Json:
     """Values from the datasource (``label_values(...)`` for Prometheus, ``SHOW TAG VALUES``
-    for InfluxDB), refreshed with the time range; multi-value with All (All stands for every
-    value, regex-joined: no custom all value, so that it also works in InfluxQL)."""
+    for InfluxDB), refreshed with the time range; multi-value with All. All stands for every
+    value, regex-joined; or, with ``all_value``, for that regex, which Grafana substitutes
+    unformatted: ``.*`` for labels with thousands of values (users, projects), where the
+    joined list would make every query as long as the list (``=~ ".*"`` and ``=~ /^.*$/``
+    work in PromQL and InfluxQL alike, and also match ``__other__``)."""
     return {
-        "allValue": None,
+        "allValue": all_value,
         "current": {},
         "datasource": ds(kind),
         "definition": query,
@@ -921,12 +1059,832 @@ def exporter_health() -> Json:
     )
 
 
+# --- Release engineering ------------------------------------------------------------------------
+
+#: The releng plugins' state codes (plugins/releng/README.md), as the ``..._status`` gauges
+#: hold them, with a colour each: composes, image uploads and koji image artifacts ...
+COMPOSE_STATES = value_mapping(
+    [
+        ("started", "blue"),
+        ("finished", "green"),
+        ("failed", "red"),
+        ("finished_incomplete", "orange"),
+        ("canceled", "purple"),
+        ("deleted", "#8e8e8e"),
+    ]
+)
+#: ... and the steps of a bodhi compose (a push) of one repo, in the order bodhi goes.
+BODHI_COMPOSE_STEPS = value_mapping(
+    [
+        ("composing", "blue"),
+        ("repo_done", "light-blue"),
+        ("sync_wait", "yellow"),
+        ("synced", "light-green"),
+        ("complete", "green"),
+        ("failed", "red"),
+    ]
+)
+#: how old the last success may be before it shows orange, then red (composes are nightly)
+DAILY = ((None, "green"), (26 * 3600, "orange"), (3 * 86400, "red"))
+
+
+def no_empty(expr: str, label: str, text: str) -> str:
+    """``expr`` with an empty (absent) ``label`` shown as ``text``, for legends and tables."""
+    return f'label_replace({expr}, "{label}", "{text}", "{label}", "")'
+
+
+def release_engineering() -> Json:
+    """Composes, bodhi pushes, koji and copr builds (the releng, koji, copr and bodhi
+    plugins): the latest state of each compose and push as coloured tables, what happened in
+    the time range, builds in flight."""
+
+    def m(name: str, *matchers: str) -> str:
+        return sel(PREFIX + name, *matchers)
+
+    compose = ('release=~"$release"',)
+    koji = ('koji=~"$koji"',)
+    started = m("koji_builds_started_total", *koji)
+    finished = m("koji_builds_finished_total", *koji)
+    open_builds = f"sum by (koji) (clamp_min({started} - {finished}, 0))"
+    last_compose = m("releng_compose_last_success_timestamp_seconds", *compose, 'stage="compose"')
+    pushed = m("bodhi_updates_total", 'event=~"pushed_.*"')
+    panels = [
+        row("Composes"),
+        state_table(
+            "Latest compose states",
+            "Each compose and compose stage (release, arch, stage) in the state of its newest "
+            "message, however old: started, finished, failed, finished_incomplete (pungi); "
+            "how long it has been in that state; how long since it last finished. Stage "
+            "'compose' is the whole compose. Filter with the Release variable.",
+            ["release", "arch", "stage"],
+            m("releng_compose_status", *compose),
+            m("releng_compose_last_change_timestamp_seconds", *compose),
+            m("releng_compose_last_success_timestamp_seconds", *compose),
+            COMPOSE_STATES,
+            h=12,
+        ),
+        stat(
+            "Last successful compose",
+            "Time since each release's last finished compose (stage 'compose', by the "
+            "message's own time): orange past 26 hours, red past 3 days.",
+            "s",
+            [
+                prom(
+                    f"time() - max by (release, arch) ({last_compose})",
+                    "{{release}} ({{arch}})",
+                    instant=True,
+                )
+            ],
+            w=24,
+            h=6,
+            steps=DAILY,
+        ),
+        bargauge(
+            "Compose messages in the range by state",
+            "Compose and stage messages counted over the time range, by the state they "
+            "announce (all releases and stages selected).",
+            "short",
+            [
+                prom(
+                    f"sum by (status) {in_range(m('releng_compose_events_total', *compose))}",
+                    "{{status}}",
+                    instant=True,
+                )
+            ],
+        ),
+        state_table(
+            "Latest koji image artifact states",
+            "Koji's image builds and tasks (live media, appliances, cloud images) by method, "
+            "name and version, in the state of their newest message, for how long, and the "
+            "time since they last finished.",
+            ["method", "name", "version"],
+            m("releng_koji_artifact_status"),
+            m("releng_koji_artifact_last_change_timestamp_seconds"),
+            m("releng_koji_artifact_last_success_timestamp_seconds"),
+            COMPOSE_STATES,
+            w=12,
+            h=8,
+        ),
+        row("Bodhi pushes"),
+        state_table(
+            "Latest push state per repo",
+            "Each updates repo bodhi composes (pushes), at the step of its newest message: "
+            "composing, repo_done, sync_wait, synced, complete, failed; for how long; the "
+            "time since its last complete push.",
+            ["repo"],
+            m("releng_bodhi_compose_status"),
+            m("releng_bodhi_compose_last_change_timestamp_seconds"),
+            m("releng_bodhi_compose_last_success_timestamp_seconds"),
+            BODHI_COMPOSE_STEPS,
+            w=12,
+        ),
+        table(
+            "Time since the last sync to the master mirror",
+            "Updates repos synced to the master mirror (bodhi.updates.<distro>.sync), by "
+            "distro, release and repo, and the time since their last sync (most recent first).",
+            "s",
+            [
+                prom(
+                    "time() - max by (distro, release, repo) "
+                    f"({m('releng_updates_last_sync_timestamp_seconds')})",
+                    instant=True,
+                    table=True,
+                )
+            ],
+            value_column="Value",
+            label="repo",
+            value_name="since the last sync",
+        ),
+        bargauge(
+            "Push steps in the range",
+            "Bodhi compose steps counted over the time range, all repos: each push goes "
+            "composing, repo_done, sync_wait, synced, complete (or failed).",
+            "short",
+            [
+                prom(
+                    f"sum by (step) {in_range(m('releng_bodhi_compose_events_total'))}",
+                    "{{step}}",
+                    instant=True,
+                )
+            ],
+        ),
+        bargauge(
+            "Updates pushed in the range",
+            "Updates bodhi pushed to testing and to stable over the time range, by release "
+            "(the bodhi plugin's pushed_testing and pushed_stable events).",
+            "short",
+            [
+                prom(
+                    f"sum by (release, event) {in_range(pushed)}",
+                    "{{release}} {{event}}",
+                    instant=True,
+                )
+            ],
+        ),
+        row("Koji"),
+        timeseries(
+            "Koji build state changes per second by state",
+            "Builds changing state per second, by the state they change to (building, "
+            "complete, failed, canceled, deleted), stacked; by processing time.",
+            "cps",
+            [prom(f"sum by (state) ({rate(m('koji_builds_total', *koji))})", "{{state}}")],
+            stacked=True,
+        ),
+        bargauge(
+            "Koji builds by state in the range",
+            "Build state changes over the time range, by the state they change to.",
+            "short",
+            [
+                prom(
+                    f"sum by (state) {in_range(m('koji_builds_total', *koji))}",
+                    "{{state}}",
+                    instant=True,
+                )
+            ],
+        ),
+        stat(
+            "Builds open now",
+            "Builds in the building state now, per koji: builds that entered it minus builds "
+            "that left it, never below 0 (builds already running when the store's history "
+            "begins finish without having been seen to start; feed more history to shrink "
+            "that gap).",
+            "short",
+            [prom(open_builds, "{{koji}}", instant=True)],
+            w=8,
+            h=8,
+        ),
+        timeseries(
+            "Builds open",
+            "Builds in the building state over time, per koji (entered minus left, never below 0).",
+            "short",
+            [prom(open_builds, "{{koji}}")],
+            w=16,
+        ),
+        row("Copr"),
+        timeseries(
+            "Copr chroot builds ended per second by chroot",
+            "Copr chroot builds ending per second (any status), for the $top busiest "
+            "chroots; by processing time.",
+            "cps",
+            [
+                prom(
+                    f"topk($top, sum by (chroot) ({rate(m('copr_builds_ended_total'))}))",
+                    "{{chroot}}",
+                )
+            ],
+        ),
+        bargauge(
+            "Top $top chroots by builds started in the range",
+            "Copr chroot builds started over the time range, for the $top chroots with the "
+            "most (copr's build.start named no chroot from 2013 to 2016: those count under "
+            "'(no chroot)').",
+            "short",
+            [
+                prom(
+                    no_empty(
+                        f"topk($top, sum by (chroot) {in_range(m('copr_builds_started_total'))})",
+                        "chroot",
+                        "(no chroot)",
+                    ),
+                    "{{chroot}}",
+                    instant=True,
+                )
+            ],
+        ),
+        matrix_table(
+            "Copr chroot builds ended in the range by status",
+            "Copr chroot builds that ended over the time range: a row per chroot, a column "
+            "per status (succeeded, failed, canceled, skipped...).",
+            "short",
+            prom(
+                f"sum by (chroot, status) {in_range(m('copr_builds_ended_total'))}",
+                instant=True,
+                table=True,
+            ),
+            row_label="chroot",
+            column_label="status",
+            w=24,
+        ),
+    ]
+    return dashboard(
+        "statscache-release-engineering",
+        "Release engineering",
+        "Composes, bodhi pushes, koji and copr builds as statscache-exporter counts them: "
+        "the latest state of every compose stage, push and koji image artifact (kept at the "
+        "newest message, in any arrival order), what happened in the time range, builds in "
+        "flight. Prometheus; rates and counts in the range are by processing time.",
+        [
+            datasource_variable("prometheus"),
+            query_variable(
+                "prometheus",
+                "instance",
+                "Instance",
+                f"label_values({PREFIX}releng_compose_events_total, instance)",
+            ),
+            query_variable(
+                "prometheus",
+                "release",
+                "Release",
+                f'label_values({PREFIX}releng_compose_status{{instance=~"$instance"}}, release)',
+            ),
+            query_variable(
+                "prometheus",
+                "koji",
+                "Koji",
+                f'label_values({PREFIX}koji_builds_total{{instance=~"$instance"}}, koji)',
+            ),
+            TOP,
+        ],
+        panels,
+        time_from="now-6h",
+        refresh="1m",
+        tags=["fedora", "releng", "prometheus"],
+    )
+
+
+# --- Contributors -------------------------------------------------------------------------------
+
+#: Pagure's users and bodhi's commenters are both Fedora accounts: one User variable for both.
+CONTRIBUTOR_METRICS = "pagure_contributions_by_user|bodhi_comments_by_user"
+
+
+def contributors_prometheus() -> Json:
+    """Who contributes: pagure contributions per project and per user, bodhi activity, new
+    accounts and badges (the pagure_contributions, bodhi, accounts and badges plugins)."""
+
+    def m(name: str, *matchers: str) -> str:
+        return sel(PREFIX + name + "_total", *matchers)
+
+    forge = 'forge=~"$forge"'
+    by_project = m("pagure_contributions_by_project", forge)
+    by_user = m("pagure_contributions_by_user", forge)
+    project_selector = m("pagure_contributions_by_project", forge, 'project=~"$project"')
+    user_selector = m("pagure_contributions_by_user", forge, 'user=~"$user"')
+    commenter_selector = m("bodhi_comments_by_user", 'user=~"$user"')
+    panels = [
+        row("Pagure"),
+        stat(
+            "Contributions in the range",
+            "Issues, pull requests, comments and pushes on the selected forges over the time "
+            "range (by when they were processed; the InfluxDB dashboard counts by their own "
+            "time).",
+            "short",
+            [prom(f"sum {in_range(m('pagure_contributions', forge))}", instant=True)],
+        ),
+        stat(
+            "Contributors in the range",
+            "Users with at least one contribution on the selected forges over the time range "
+            "(counted below the cardinality cap; past it, users count under __other__).",
+            "short",
+            [prom(f"count(sum by (user) {in_range(by_user)} > 0)", instant=True)],
+        ),
+        stat(
+            "Projects contributed to in the range",
+            "Projects with at least one contribution over the time range (forks count under "
+            "the project they fork).",
+            "short",
+            [prom(f"count(sum by (forge, project) {in_range(by_project)} > 0)", instant=True)],
+        ),
+        stat(
+            "New accounts in the range",
+            "Fedora accounts created over the time range (FAS, then noggin: fas.user.create).",
+            "short",
+            [prom(f"sum {in_range(m('accounts_registered'))}", instant=True)],
+        ),
+        timeseries(
+            "Contributions per second by kind",
+            "Contributions per second on the selected forges, by kind (push, comment, issue, "
+            "pull_request), stacked; by processing time.",
+            "cps",
+            [
+                prom(
+                    f"sum by (kind) ({rate(m('pagure_contributions', forge))})",
+                    "{{kind}}",
+                )
+            ],
+            w=24,
+            stacked=True,
+        ),
+        table(
+            "Top $top projects",
+            "Projects with the most contributions over the time range, on the selected forges "
+            "(all projects: the Project variable filters the graph beside).",
+            "short",
+            [
+                prom(
+                    f"topk($top, sum by (project, forge) {in_range(by_project)})",
+                    instant=True,
+                    table=True,
+                )
+            ],
+            value_column="Value",
+            label="project",
+            value_name="contributions",
+        ),
+        timeseries(
+            "Contributions per second by project",
+            "Contributions per second to the projects selected with the Project variable "
+            "(all: the $top busiest at each moment); by processing time.",
+            "cps",
+            [
+                prom(
+                    f"topk($top, sum by (project) ({rate(project_selector)}))",
+                    "{{project}}",
+                )
+            ],
+        ),
+        table(
+            "Top $top contributors",
+            "Users with the most contributions over the time range on the selected forges: "
+            "the user who acted (commented, pushed, opened or merged).",
+            "short",
+            [
+                prom(
+                    f"topk($top, sum by (user) {in_range(by_user)})",
+                    instant=True,
+                    table=True,
+                )
+            ],
+            value_column="Value",
+            label="user",
+            value_name="contributions",
+        ),
+        timeseries(
+            "Contributions per second by user",
+            "Contributions per second of the users selected with the User variable (all: the "
+            "$top busiest at each moment); by processing time.",
+            "cps",
+            [
+                prom(
+                    f"topk($top, sum by (user) ({rate(user_selector)}))",
+                    "{{user}}",
+                )
+            ],
+        ),
+        row("Bodhi"),
+        timeseries(
+            "Bodhi update events per second by event",
+            "Update events per second (request_testing, comment, pushed_stable, edit, ...), "
+            "stacked; by processing time.",
+            "cps",
+            [prom(f"sum by (event) ({rate(m('bodhi_updates'))})", "{{event}}")],
+            stacked=True,
+        ),
+        bargauge(
+            "Bodhi update events in the range",
+            "Update events over the time range, by event.",
+            "short",
+            [
+                prom(
+                    f"sum by (event) {in_range(m('bodhi_updates'))}",
+                    "{{event}}",
+                    instant=True,
+                )
+            ],
+        ),
+        table(
+            "Top $top bodhi commenters",
+            "Users who commented most on bodhi updates over the time range (bodhi's own "
+            "automatic comments count under 'bodhi').",
+            "short",
+            [
+                prom(
+                    f"topk($top, sum by (user) {in_range(m('bodhi_comments_by_user'))})",
+                    instant=True,
+                    table=True,
+                )
+            ],
+            value_column="Value",
+            label="user",
+            value_name="comments",
+        ),
+        timeseries(
+            "Bodhi comments per second by user",
+            "Comments per second of the users selected with the User variable (all: the $top "
+            "most active at each moment); by processing time.",
+            "cps",
+            [
+                prom(
+                    f"topk($top, sum by (user) ({rate(commenter_selector)}))",
+                    "{{user}}",
+                )
+            ],
+        ),
+        bargauge(
+            "Bodhi comment karma in the range",
+            "Comments over the time range by the karma they gave (-1, 0, 1), all releases.",
+            "short",
+            [
+                prom(
+                    f"sum by (karma) {in_range(m('bodhi_comment_karma'))}",
+                    "karma {{karma}}",
+                    instant=True,
+                )
+            ],
+            w=24,
+            h=6,
+        ),
+        row("Accounts and badges"),
+        timeseries(
+            "New accounts and badges per second",
+            "Fedora accounts created and badges awarded per second; by processing time.",
+            "cps",
+            [
+                prom(f"sum({rate(m('accounts_registered'))})", "new accounts"),
+                prom(f"sum({rate(m('badges_awarded'))})", "badges awarded"),
+            ],
+        ),
+        bargauge(
+            "Group membership changes in the range",
+            "Group membership changes over the time range, all groups: applied, added (a "
+            "sponsor approved or added a member), removed, role_changed.",
+            "short",
+            [
+                prom(
+                    f"sum by (action) {in_range(m('accounts_group_membership_changes'))}",
+                    "{{action}}",
+                    instant=True,
+                )
+            ],
+        ),
+        table(
+            "Top $top badges awarded",
+            "Badges awarded most over the time range.",
+            "short",
+            [
+                prom(
+                    f"topk($top, sum by (badge) {in_range(m('badges_awarded'))})",
+                    instant=True,
+                    table=True,
+                )
+            ],
+            value_column="Value",
+            label="badge",
+            value_name="awarded",
+        ),
+        table(
+            "Top $top groups by membership changes",
+            "Groups whose membership changed most over the time range (all actions).",
+            "short",
+            [
+                prom(
+                    "topk($top, sum by (group) "
+                    f"{in_range(m('accounts_group_membership_changes'))})",
+                    instant=True,
+                    table=True,
+                )
+            ],
+            value_column="Value",
+            label="group",
+            value_name="changes",
+        ),
+    ]
+    return dashboard(
+        "statscache-contributors",
+        "Contributors",
+        "Who contributes to Fedora, as statscache-exporter counts it: pagure contributions "
+        "(pagure.io and src.fedoraproject.org) per project and per user, bodhi activity, new "
+        "accounts and badges. Prometheus, by processing time; the InfluxDB version counts by "
+        "the messages' own time, for long ranges.",
+        [
+            datasource_variable("prometheus"),
+            query_variable(
+                "prometheus",
+                "instance",
+                "Instance",
+                f"label_values({PREFIX}pagure_contributions_total, instance)",
+            ),
+            query_variable(
+                "prometheus",
+                "forge",
+                "Forge",
+                f'label_values({PREFIX}pagure_contributions_total{{instance=~"$instance"}}, forge)',
+            ),
+            query_variable(
+                "prometheus",
+                "project",
+                "Project",
+                f"label_values({PREFIX}pagure_contributions_by_project_total"
+                '{instance=~"$instance", forge=~"$forge"}, project)',
+                all_value=".*",
+            ),
+            query_variable(
+                "prometheus",
+                "user",
+                "User",
+                f'label_values({{__name__=~"{PREFIX}({CONTRIBUTOR_METRICS})_total", '
+                'instance=~"$instance"}, user)',
+                all_value=".*",
+            ),
+            TOP,
+        ],
+        panels,
+        time_from="now-6h",
+        refresh="1m",
+        tags=["fedora", "contributors", "prometheus"],
+    )
+
+
+def contributors_influxdb() -> Json:
+    """The contributors dashboard over InfluxDB's per-second points, by the messages' own
+    time: for months and years. Counts per interval of the time axis (bars), not rates:
+    contributions are a few per hour, which per-second rates would show as 0.00."""
+
+    def sum_of(measurement: str, where: str = "", by: str = "") -> str:
+        """``sum("count")`` of ``measurement`` in the time range (and ``where``), per interval
+        of the time axis (and per ``by`` tag)."""
+        condition = f"{where} AND $timeFilter" if where else "$timeFilter"
+        group = f'GROUP BY time($__interval), "{by}"' if by else "GROUP BY time($__interval)"
+        return (
+            f'SELECT sum("count") FROM "{PREFIX}{measurement}" WHERE {condition} {group} fill(none)'
+        )
+
+    def total(measurement: str, where: str = "") -> str:
+        condition = f"{where} AND $timeFilter" if where else "$timeFilter"
+        return f'SELECT sum("count") FROM "{PREFIX}{measurement}" WHERE {condition}'
+
+    def distinct(measurement: str, tag: str, where: str) -> str:
+        """How many values of ``tag`` have a point in the time range."""
+        return (
+            f'SELECT count("total") FROM (SELECT sum("count") AS "total" FROM '
+            f'"{PREFIX}{measurement}" WHERE {where} AND $timeFilter GROUP BY "{tag}")'
+        )
+
+    def top(measurement: str, tag: str, where: str = "") -> str:
+        condition = f"{where} AND $timeFilter" if where else "$timeFilter"
+        return (
+            f'SELECT top("total", "{tag}", $top) AS "total" FROM (SELECT sum("count") AS '
+            f'"total" FROM "{PREFIX}{measurement}" WHERE {condition} GROUP BY "{tag}")'
+        )
+
+    forge = '"forge" =~ /^$forge$/'
+    per_interval = (
+        "in each interval of the time axis (zoom out for coarser bars), by the messages' own time"
+    )
+    panels = [
+        row("Pagure"),
+        stat(
+            "Contributions in the range",
+            "Issues, pull requests, comments and pushes on the selected forges whose own "
+            "time falls in the time range.",
+            "short",
+            [influx(total("pagure_contributions", forge))],
+        ),
+        stat(
+            "Contributors in the range",
+            "Users with at least one contribution on the selected forges in the time range.",
+            "short",
+            [influx(distinct("pagure_contributions_by_user", "user", forge))],
+        ),
+        stat(
+            "Projects contributed to in the range",
+            "Projects with at least one contribution on the selected forges in the time "
+            "range (a project of the same name on both forges counts once).",
+            "short",
+            [influx(distinct("pagure_contributions_by_project", "project", forge))],
+        ),
+        stat(
+            "New accounts in the range",
+            "Fedora accounts created in the time range.",
+            "short",
+            [influx(total("accounts_registered"))],
+        ),
+        timeseries(
+            "Contributions by kind",
+            f"Contributions on the selected forges {per_interval}, by kind, stacked.",
+            "short",
+            [influx(sum_of("pagure_contributions", forge, "kind"), alias="$tag_kind")],
+            w=24,
+            stacked=True,
+            bars=True,
+        ),
+        table(
+            "Top $top projects",
+            "Projects with the most contributions in the time range, on the selected forges "
+            "(all projects: the Project variable filters the graph beside).",
+            "short",
+            [influx(top("pagure_contributions_by_project", "project", forge), table=True)],
+            value_column="total",
+            label="project",
+            value_name="contributions",
+        ),
+        timeseries(
+            "Contributions by project",
+            f"Contributions to the projects selected with the Project variable {per_interval}.",
+            "short",
+            [
+                influx(
+                    sum_of(
+                        "pagure_contributions_by_project",
+                        f'{forge} AND "project" =~ /^$project$/',
+                        "project",
+                    ),
+                    alias="$tag_project",
+                )
+            ],
+            stacked=True,
+            bars=True,
+        ),
+        table(
+            "Top $top contributors",
+            "Users with the most contributions in the time range on the selected forges.",
+            "short",
+            [influx(top("pagure_contributions_by_user", "user", forge), table=True)],
+            value_column="total",
+            label="user",
+            value_name="contributions",
+        ),
+        timeseries(
+            "Contributions by user",
+            f"Contributions of the users selected with the User variable {per_interval}.",
+            "short",
+            [
+                influx(
+                    sum_of(
+                        "pagure_contributions_by_user", f'{forge} AND "user" =~ /^$user$/', "user"
+                    ),
+                    alias="$tag_user",
+                )
+            ],
+            stacked=True,
+            bars=True,
+        ),
+        row("Bodhi"),
+        timeseries(
+            "Bodhi update events by event",
+            f"Update events (request_testing, comment, pushed_stable, ...) {per_interval}, "
+            "stacked.",
+            "short",
+            [influx(sum_of("bodhi_updates", by="event"), alias="$tag_event")],
+            stacked=True,
+            bars=True,
+        ),
+        bargauge(
+            "Bodhi comment karma in the range",
+            "Comments in the time range by the karma they gave (-1, 0, 1), all releases.",
+            "short",
+            [
+                influx(
+                    f'SELECT sum("count") FROM "{PREFIX}bodhi_comment_karma" '
+                    'WHERE $timeFilter GROUP BY "karma"',
+                    alias="karma $tag_karma",
+                )
+            ],
+        ),
+        table(
+            "Top $top bodhi commenters",
+            "Users who commented most on bodhi updates in the time range (bodhi's own "
+            "automatic comments count under 'bodhi').",
+            "short",
+            [influx(top("bodhi_comments_by_user", "user"), table=True)],
+            value_column="total",
+            label="user",
+            value_name="comments",
+        ),
+        timeseries(
+            "Bodhi comments by user",
+            f"Comments of the users selected with the User variable {per_interval}.",
+            "short",
+            [
+                influx(
+                    sum_of("bodhi_comments_by_user", '"user" =~ /^$user$/', "user"),
+                    alias="$tag_user",
+                )
+            ],
+            stacked=True,
+            bars=True,
+        ),
+        row("Accounts and badges"),
+        timeseries(
+            "New accounts and badges",
+            f"Fedora accounts created and badges awarded {per_interval}.",
+            "short",
+            [
+                influx(sum_of("accounts_registered"), alias="new accounts"),
+                influx(sum_of("badges_awarded"), alias="badges awarded"),
+            ],
+            bars=True,
+        ),
+        bargauge(
+            "Group membership changes in the range",
+            "Group membership changes in the time range, all groups: applied, added, "
+            "removed, role_changed.",
+            "short",
+            [
+                influx(
+                    f'SELECT sum("count") FROM "{PREFIX}accounts_group_membership_changes" '
+                    'WHERE $timeFilter GROUP BY "action"',
+                    alias="$tag_action",
+                )
+            ],
+        ),
+        table(
+            "Top $top badges awarded",
+            "Badges awarded most in the time range.",
+            "short",
+            [influx(top("badges_awarded", "badge"), table=True)],
+            value_column="total",
+            label="badge",
+            value_name="awarded",
+        ),
+        table(
+            "Top $top groups by membership changes",
+            "Groups whose membership changed most in the time range (all actions).",
+            "short",
+            [influx(top("accounts_group_membership_changes", "group"), table=True)],
+            value_column="total",
+            label="group",
+            value_name="changes",
+        ),
+    ]
+    return dashboard(
+        "statscache-contributors-influxdb",
+        "Contributors (InfluxDB)",
+        "Who contributes to Fedora, from statscache-exporter's per-second points in InfluxDB "
+        "(InfluxQL), by the messages' own time: pagure contributions per project and per "
+        "user, bodhi activity, new accounts and badges, over months and years, history "
+        "replayed or backfilled included.",
+        [
+            datasource_variable("influxdb"),
+            query_variable(
+                "influxdb",
+                "forge",
+                "Forge",
+                f'SHOW TAG VALUES FROM "{PREFIX}pagure_contributions" WITH KEY = "forge"',
+            ),
+            query_variable(
+                "influxdb",
+                "project",
+                "Project",
+                f'SHOW TAG VALUES FROM "{PREFIX}pagure_contributions_by_project" '
+                'WITH KEY = "project" WHERE "forge" =~ /^$forge$/',
+                all_value=".*",
+            ),
+            query_variable(
+                "influxdb",
+                "user",
+                "User",
+                f'SHOW TAG VALUES FROM /^{PREFIX}({CONTRIBUTOR_METRICS})$/ WITH KEY = "user"',
+                all_value=".*",
+            ),
+            TOP,
+        ],
+        panels,
+        time_from="now-30d",
+        refresh="5m",
+        tags=["fedora", "contributors", "influxdb"],
+    )
+
+
 #: file name -> builder. A new dashboard (say, release engineering once its plugins land) is
 #: one more entry here.
 DASHBOARDS: dict[str, Callable[[], Json]] = {
     "fedora-bus-overview.json": bus_overview_prometheus,
     "fedora-bus-overview-influxdb.json": bus_overview_influxdb,
     "exporter-health.json": exporter_health,
+    "release-engineering.json": release_engineering,
+    "contributors.json": contributors_prometheus,
+    "contributors-influxdb.json": contributors_influxdb,
 }
 
 

@@ -11,7 +11,8 @@ pkg/tsdb/influxdb/influxql/models/query.go, grafana-plugin-sdk-go's gtime):
   escaped for a PromQL string, a multi-value or All one is regex-escaped (twice the backslashes:
   the regex sits in a PromQL string) and several values become ``(a|b)``. An InfluxQL query
   formats every variable as ``regex`` (backend mode, the default since Grafana 10): regex-escaped,
-  ``/`` included, several values ``(a|b)``. All, with no custom all value, stands for every value.
+  ``/`` included, several values ``(a|b)``. All, with no custom all value, stands for every value;
+  a custom all value (``allValue``, e.g. ``.*``) is substituted as it is, unformatted, in both.
 - The built-ins, replaced by Grafana's backend: ``$__interval`` (the step: the range over the
   panel's max data points, rounded to a "nice" interval, at least the datasource's
   ``timeInterval``), ``$__interval_ms``, ``$__range``, ``$__range_s``, ``$__range_ms``,
@@ -140,6 +141,8 @@ class Variable:
     include_all: bool
     options: list[str] = field(default_factory=list)
     selected: Value = ""
+    #: the variable's custom all value (``allValue``), if it has one
+    all_value: str | None = None
 
     def value(self) -> Value:
         """What is substituted: All (no custom all value) is every option."""
@@ -161,6 +164,8 @@ def replace(text: str, variables: Mapping[str, Variable], formatter: Formatter) 
             return m[0]
         assert not (m[3] or m[6]), f"explicit variable formats are not reproduced: {m[0]}"
         var = variables[name]
+        if var.selected == "$__all" and var.all_value:
+            return var.all_value  # Grafana skips formatting a custom all value
         return formatter(var.value(), var)
 
     return _VARIABLE.sub(sub, text)
