@@ -1876,8 +1876,7 @@ def contributors_influxdb() -> Json:
     )
 
 
-#: file name -> builder. A new dashboard (say, release engineering once its plugins land) is
-#: one more entry here.
+#: file name -> builder. A new dashboard (say, for a new plugin) is one more entry here.
 DASHBOARDS: dict[str, Callable[[], Json]] = {
     "fedora-bus-overview.json": bus_overview_prometheus,
     "fedora-bus-overview-influxdb.json": bus_overview_influxdb,

@@ -268,9 +268,21 @@ def _post(url: str, params: Mapping[str, str | Sequence[str]]) -> Any:
     return r.status, answer
 
 
+Labels = dict[str, str]
+
+
 def run_prometheus(base_url: str, q: PromQuery) -> tuple[str | None, list[float | None]]:
     """POST the query as Grafana does (httpMethod POST). (error or None, every sample value:
     None for NaN)."""
+    error, samples = run_prometheus_samples(base_url, q)
+    return error, [v for _, v in samples]
+
+
+def run_prometheus_samples(
+    base_url: str, q: PromQuery
+) -> tuple[str | None, list[tuple[Labels, float | None]]]:
+    """:func:`run_prometheus`, each value with the labels of its series (none for a
+    scalar)."""
     if q.instant:
         status, answer = _post(f"{base_url}/api/v1/query", {"query": q.expr, "time": str(q.end)})
     else:
@@ -280,12 +292,12 @@ def run_prometheus(base_url: str, q: PromQuery) -> tuple[str | None, list[float 
         return f"HTTP {status}: {answer.get('error', answer)}", []
     data = answer["data"]
     if data["resultType"] == "scalar":
-        raw = [data["result"][1]]
+        raw = [({}, data["result"][1])]
     elif data["resultType"] == "vector":
-        raw = [s["value"][1] for s in data["result"]]
+        raw = [(s["metric"], s["value"][1]) for s in data["result"]]
     else:
-        raw = [v[1] for s in data["result"] for v in s["values"]]
-    return None, [None if math.isnan(float(v)) else float(v) for v in raw]
+        raw = [(s["metric"], v[1]) for s in data["result"] for v in s["values"]]
+    return None, [(labels, None if math.isnan(float(v)) else float(v)) for labels, v in raw]
 
 
 def prometheus_label_values(base_url: str, query: str, tr: TimeRange) -> list[str]:

@@ -26,8 +26,9 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -55,7 +56,7 @@ from grafana_queries import (
     replace,
     round_interval,
     run_influxql,
-    run_prometheus,
+    run_prometheus_samples,
 )
 from servers import (
     Exporter,
@@ -223,6 +224,9 @@ def test_dashboard_structure(path: Path) -> None:
         if var["type"] == "query":
             assert var["datasource"] == ref, var["name"]
             assert var["query"] and var["refresh"] == 2, var["name"]
+        if var.get("allValue") is not None:
+            # a custom all value only for labels that grow with the bus, matching them all
+            assert var["allValue"] == ".*" and var["name"] in ("user", "project"), var["name"]
     names = {v["name"] for v in variables}
     panels = board["panels"]
     assert len({p["id"] for p in panels}) == len(panels), "panel ids must be unique"
@@ -247,6 +251,40 @@ def test_dashboard_structure(path: Path) -> None:
             used = {m for m in re.findall(r"\$(\w+)", text) if not m.startswith("__")}
             assert used <= names | {"timeFilter"}, f"{where}: unknown variables {used - names}"
     check_grid(path.name, panels)
+
+
+def test_the_releng_state_tables_map_every_state_the_plugins_set() -> None:
+    """The latest-state tables show each code of a releng ``..._status`` gauge as the name the
+    plugin gives it (the codes read from the plugin itself), in a colour of its own, merged
+    with the state's age (and time since the last success) on the same labels."""
+    from statscache_plugins.releng import BODHI_COMPOSE_STEPS, STATUS_CODES
+
+    board = load(generate.DASHBOARD_DIR / "release-engineering.json")
+    expected = {
+        "Latest compose states": ("releng_compose", STATUS_CODES),
+        "Latest koji image artifact states": ("releng_koji_artifact", STATUS_CODES),
+        "Latest push state per repo": ("releng_bodhi_compose", BODHI_COMPOSE_STEPS),
+    }
+    tables = {p["title"]: p for p in board["panels"] if "Value #A" in json.dumps(p)}
+    assert set(tables) == set(expected)
+    for title, (thing, codes) in expected.items():
+        panel = tables[title]
+        exprs = [t["expr"] for t in panel["targets"]]
+        assert f"statscache_{thing}_status{{" in exprs[0], title
+        assert "time() - max by" in exprs[1] and f"{thing}_last_change_" in exprs[1], title
+        assert f"{thing}_last_success_" in exprs[2], title
+        assert all(t["instant"] and t["format"] == "table" for t in panel["targets"]), title
+        assert [t["id"] for t in panel["transformations"]] == ["merge", "organize"], title
+        (state,) = [
+            o for o in panel["fieldConfig"]["overrides"] if o["matcher"]["options"] == "Value #A"
+        ]
+        props = {p["id"]: p["value"] for p in state["properties"]}
+        (mapping,) = props["mappings"]
+        names = {int(code): option["text"] for code, option in mapping["options"].items()}
+        assert names == {code: name for name, code in codes.items()}, title
+        colours = [option["color"] for option in mapping["options"].values()]
+        assert len(set(colours)) == len(colours), title
+        assert props["custom.cellOptions"]["type"] == "color-background", title
 
 
 def check_windows(where: str, expr: str) -> None:
@@ -465,16 +503,56 @@ def distinct_messages(messages: list[dict[str, Any]], tr: TimeRange | None = Non
     """How many different messages with a time (in ``tr``, if given) the corpus holds: the
     same id twice is one message, and a message without an id is told apart by its topic,
     time and body (the README's rule for such messages)."""
-    keys = set()
+    return sum(distinct_by(messages, lambda m: "", tr).values())
+
+
+def distinct_by(
+    messages: list[dict[str, Any]],
+    kind: Callable[[dict[str, Any]], str | None],
+    tr: TimeRange | None = None,
+) -> dict[str, int]:
+    """:func:`distinct_messages` per ``kind`` of message (None: not counted)."""
+    keys: defaultdict[str, set[Any]] = defaultdict(set)
     for m in messages:
         t = message_time(m)
         if t is None or (tr is not None and not tr.start_ms <= t * 1000 <= tr.end_ms):
             continue
+        if (k := kind(m)) is None:
+            continue
         body = m.get("msg", m.get("body"))
-        keys.add(
+        keys[k].add(
             m.get("msg_id") or m.get("id") or (m["topic"], t, json.dumps(body, sort_keys=True))
         )
-    return len(keys)
+    return {k: len(v) for k, v in keys.items()}
+
+
+def body(m: dict[str, Any]) -> dict[str, Any]:
+    b = m.get("msg", m.get("body"))
+    return b if isinstance(b, dict) else {}
+
+
+#: koji's BUILD_STATES (koji/__init__.py), the body's ``new`` -> the state's name
+KOJI_BUILD_STATES = {0: "building", 1: "complete", 2: "deleted", 3: "failed", 4: "canceled"}
+
+
+def koji_build_state(m: dict[str, Any]) -> str | None:
+    """The state a production koji build message announces (the koji plugin's default
+    instances: the org.fedoraproject.prod.buildsys. prefix)."""
+    if m.get("topic") != "org.fedoraproject.prod.buildsys.build.state.change":
+        return None
+    return KOJI_BUILD_STATES[body(m)["new"]]
+
+
+def fas_or_badges(m: dict[str, Any]) -> str | None:
+    """ "new account" or "badge" for the accounts and badges topics the replay counts
+    (production and staging, see PLUGINS)."""
+    topic = m.get("topic", "")
+    for env in ("prod", "stg"):
+        if topic == f"org.fedoraproject.{env}.fas.user.create":
+            return "new account"
+        if topic == f"org.fedoraproject.{env}.fedbadges.badge.award":
+            return "badge"
+    return None
 
 
 def settled(samples: Samples, items: int, source: str = "file") -> bool:
@@ -615,6 +693,8 @@ class Outcome:
     error: str | None
     values: list[float | None]
     when: str = ""  # the time range asked, for the failure message
+    #: for a Prometheus query, the labels of each value's series
+    labels: list[dict[str, str]] = field(default_factory=list)
 
 
 def judge(
@@ -671,10 +751,12 @@ def prometheus_outcomes(
         for t in panel["targets"]:
             expr = replace(t["expr"], variables, prometheus_format)
             q = prometheus_query(expr, tr, t["instant"], max_data_points(panel), scrape)
-            error, values = run_prometheus(r.prometheus.url, q)
+            error, samples = run_prometheus_samples(r.prometheus.url, q)
             when = f"at {q.end}" if q.instant else f"from {q.start} to {q.end} step {q.step}"
             key = (board["uid"], panel["title"], t["refId"])
-            out.append(Outcome(key, q.expr, error, values, f"({when}, scraped {r.scraped})"))
+            values = [v for _, v in samples]
+            when = f"({when}, scraped {r.scraped})"
+            out.append(Outcome(key, q.expr, error, values, when, [k for k, _ in samples]))
     return out
 
 
@@ -705,6 +787,14 @@ PROMETHEUS_BOARDS = [p for p in DASHBOARD_FILES if datasource_kind(load(p)) == "
 INFLUX_BOARDS = [p for p in DASHBOARD_FILES if datasource_kind(load(p)) == "influxdb"]
 
 
+def test_the_prometheus_range_queries_are_fine_enough_for_the_replay_test() -> None:
+    """The fixture waits, after the replay, for a step of every range query to pass (see
+    wait_for_a_step_after): over their default ranges, no step may be coarser than 30 s, or
+    this module waits that much longer (grafana/README.md says how to stay within it)."""
+    steps = {p.stem: max(range_steps(load(p))) for p in PROMETHEUS_BOARDS}
+    assert steps and max(steps.values()) <= 30, steps
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("path", PROMETHEUS_BOARDS, ids=lambda p: p.stem)
 def test_every_prometheus_panel_query_returns_data(replayed: Replayed, path: Path) -> None:
@@ -722,7 +812,25 @@ def test_every_prometheus_panel_query_returns_data(replayed: Replayed, path: Pat
     counted = {o.key[1]: o.values for o in outcomes if o.key[2] == "A"}
     if board["uid"] == "statscache-bus-overview":
         assert counted["Messages counted in the range"] == [distinct_messages(replayed.messages)]
+    # and on the plugins' dashboards, figures counted from the corpus's own messages
+    if board["uid"] == "statscache-release-engineering":
+        koji = distinct_by(replayed.messages, koji_build_state)
+        assert koji == {"building": 7, "complete": 7, "deleted": 1, "failed": 1, "canceled": 1}
+        assert by_label(outcomes, "Koji builds by state in the range", "state") == koji
+    if board["uid"] == "statscache-contributors":
+        expected = distinct_by(replayed.messages, fas_or_badges)
+        # two noggin accounts (2024) and two staging FAS ones (2012: ralph, the same second
+        # but two bodies, so two messages); the one badge award is staging's
+        assert expected == {"new account": 4, "badge": 1}
+        assert counted["New accounts in the range"] == [expected["new account"]]
+        assert counted["Top $top badges awarded"] == [expected["badge"]]
     assert len(outcomes) == sum(len(p["targets"]) for p in query_panels(board))
+
+
+def by_label(outcomes: list[Outcome], title: str, label: str) -> dict[str, float | None]:
+    """The values of panel ``title``'s first target, by ``label``."""
+    (o,) = [o for o in outcomes if o.key[1:] == (title, "A")]
+    return {labels[label]: value for labels, value in zip(o.labels, o.values, strict=True)}
 
 
 def influx_outcomes(r: Replayed, board: dict[str, Any], tr: TimeRange, pick: str) -> list[Outcome]:
@@ -766,6 +874,10 @@ def test_every_influxdb_panel_query_returns_data(replayed: Replayed, path: Path)
                 problems.append(
                     f"messages in {tr}: {counted['Messages in the range']} != {expected}"
                 )
+        if board["uid"] == "statscache-contributors-influxdb":
+            accounts = distinct_by(replayed.messages, fas_or_badges, tr).get("new account")
+            if counted["New accounts in the range"] != [accounts]:
+                problems.append(f"new accounts in {tr}: {counted['New accounts in the range']}")
         two = influx_outcomes(replayed, board, tr, "two")
         problems += judge(two, strict=False, empty={**EMPTY_FOR_TWO, **empty_for_two})
     assert not problems, "\n".join(problems)
