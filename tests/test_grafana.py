@@ -10,12 +10,14 @@ b. Every panel query against real servers: the test corpus (tests/data) is repla
    from the server and each panel query is prepared the way Grafana prepares it
    (tests/grafana_queries.py) and run: each must be accepted and return data, and each target
    must show a non-zero value, unless it is listed below with the reason it cannot for this
-   corpus.
+   corpus (always, or only over one time range or for one selection). A few figures are
+   checked exactly against the corpus's messages counted here: messages, koji builds by
+   state, new accounts, badges.
 
 Prometheus stamps what it scrapes with the scrape time (the exporter exposes no timestamps), so
 the Prometheus dashboards are queried over their default range ending now; the corpus is
 replayed in two halves with a scrape in between, so that rates have something to show.
-InfluxDB's points carry the messages' own times (2012 to 2024): the InfluxDB dashboard is
+InfluxDB's points carry the messages' own times (2012 to 2024): the InfluxDB dashboards are
 queried over the corpus's whole span and over one busy hour of it.
 """
 
