@@ -653,7 +653,9 @@ def replayed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replayed]:
             assert ("statscache_exporter_backfill_remaining_seconds", ()) in samples
             done = time.time()
             prom.wait_for_scrape_after(done)
-            now_ms = wait_for_a_step_after(done)
+            # a step after that scrape too, so that a series first seen in the second half has
+            # two samples in a rate's window (the step may otherwise fall between them)
+            now_ms = wait_for_a_step_after(time.time())
             yield Replayed(prom, influx, exporter, min(times), max(times), done, now_ms, messages)
     finally:
         pipe.close()
