@@ -66,7 +66,7 @@ bench: $(STAMP) test-deps $(DG_STAMP)
 	run latency; \
 	run metrics_render; \
 	run influx_write --points 300000; \
-	run amqp_consume --messages 10000; \
+	run amqp_consume --messages 3000; \
 	run backfill --messages 5000; \
 	echo "=== report" >&2; $(BIN)/python bench/report.py --dir $(BENCH_OUT); \
 	if [ -s $(BENCH_OUT)/failed ]; then echo "failed: $$(cat $(BENCH_OUT)/failed)" >&2; exit 1; fi

@@ -75,6 +75,8 @@ class Template:
     packages: tuple[str, ...]
     agent: str | None
     source: str
+    #: fedora-messaging's severity of the message's schema class (None: not fedora-messaging)
+    severity: int | None = None
 
     @property
     def topic(self) -> str:
@@ -126,6 +128,7 @@ def _fedora_messaging_template(message: dict[str, Any], source: str) -> Template
             return None
 
     agent = ask("agent_name")
+    severity = ask("severity")
     return Template(
         kind="fedora-messaging",
         message=message,
@@ -133,6 +136,7 @@ def _fedora_messaging_template(message: dict[str, Any], source: str) -> Template
         packages=tuple(sorted(set(ask("packages") or ()))),
         agent=agent if isinstance(agent, str) and agent else None,
         source=source,
+        severity=severity if isinstance(severity, int) else 20,  # fedora-messaging's INFO
     )
 
 
@@ -256,6 +260,10 @@ class Generator:
         }
         sent = dt.datetime.fromtimestamp(int(when), dt.UTC)
         headers["sent-at"] = sent.isoformat()
+        # as fedora-messaging's publish sets them (without a severity, its consumer logs an
+        # error for every message)
+        headers["fedora_messaging_severity"] = t.severity
+        headers["priority"] = 0
         headers.update({USER_FLAG + u: True for u in users})
         headers.update({PACKAGE_FLAG + p: True for p in packages})
         return {**t.message, "id": new_id, "headers": headers}

@@ -26,7 +26,7 @@ A warm-up of 200 messages (schema classes imported, first flushes) is published 
 before the measured runs. Markdown on stdout, progress on stderr, ``--json PATH`` also writes
 the figures. Exit status 0; 1 if some message never became visible; 2 if RabbitMQ cannot start.
 
-    .venv/bin/python bench/latency.py [--rates 10 100 1000] [--seconds 30 20 10] [--json PATH]
+    .venv/bin/python bench/latency.py [--rates 10 100 1000] [--seconds 20 10 5] [--json PATH]
 """
 
 from __future__ import annotations
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--rates", type=float, nargs="+", default=[10, 100, 1000])
     parser.add_argument(
-        "--seconds", type=float, nargs="+", default=[30, 20, 10], help="per rate (30 20 10)"
+        "--seconds", type=float, nargs="+", default=[20, 10, 5], help="per rate (20 10 5)"
     )
     parser.add_argument("--flush", type=float, default=1.0, help="flush interval, s (1)")
     parser.add_argument("--poll", type=float, default=0.01, help="poll /metrics every (0.01 s)")
