@@ -3,26 +3,32 @@
 store), against merely decoding the same messages with ``json.loads``, at 10k, 100k and 1M
 messages.
 
-For each size, in one process, over a fresh store with the default configuration (flush every
+One run, in one process, over a fresh store with the default configuration (flush every
 second or 20,000 messages, the cardinality cap at 10,000 series a metric, ``synchronous:
-full``): the scaled corpus (``bench/corpus.py``, seeded) is generated and serialized as JSON
-Lines in chunks (untimed), and each chunk is timed twice, the order alternating from chunk to
-chunk:
+full``), of the largest size, with figures at each size: the scaled corpus (``bench/corpus.py``,
+seeded) is generated and serialized as JSON Lines in chunks (untimed), and each chunk is timed
+twice, the order alternating from chunk to chunk:
 
 - **json.loads**: ``json.loads(line)`` of every line;
-- **pipeline**: ``Pipeline.handle(line)`` of every line (decode, normalize, dedup, the six
-  bundled plugins, aggregation at 1 s, 1 m, 1 h and 1 d, and the flushes that fall due, each one
-  SQLite transaction), then the final flush: what ``statscache-exporter replay`` does with each
-  line of a file, without the file reading.
+- **pipeline**: ``Pipeline.handle(line)`` of every line (decode, normalize, dedup, every
+  bundled plugin, aggregation at 1 s, 1 m, 1 h and 1 d, and the flushes that fall due, each one
+  SQLite transaction): what ``statscache-exporter replay`` does with each line of a file,
+  without the file reading.
+
+At each size N (10k, 100k, 1M) the pipeline flushes (timed, like a run's final flush) and the
+store's ``messages`` total is checked to be N: the first N messages of the run are exactly a
+run of N (the generator's output is a prefix), so the figures at N are those of a run of N,
+measured in the same run as the others.
 
 **messages/s** = messages / the sum of the chunks' times (``time.perf_counter``); the **ratio**
 is pipeline messages/s over json.loads messages/s (target ≥ 0.5, printed as information).
 How it grows: each size's time per message over the smallest size's (1.00 or below: linear
-or better). Every run is checked: every message processed once, none rejected, and the store's
-``messages`` total equal to the size.
+or better). Checked at every size: every message processed once, none rejected, and the
+store's ``messages`` total equal to the size.
 
-``--profile N`` then runs N messages through a fresh pipeline under cProfile (not timed) and
-prints where the time goes: per module, and the functions with the most time of their own.
+``--profile N`` then runs N more messages under cProfile (untimed) with the store as the run
+left it, and N over a fresh store, and prints where the time goes in both: per module, and the
+functions with the most time of their own (the difference is where the growth goes).
 
 Markdown on stdout, progress on stderr, ``--json PATH`` also writes the figures.
 
@@ -34,6 +40,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import datetime as dt
+import itertools
 import json
 import pstats
 import sqlite3
@@ -41,7 +48,6 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -69,16 +75,6 @@ def open_fresh(root: Path, name: str) -> Pipeline:
     """A pipeline over a fresh store with the default configuration."""
     cfg = configuration.from_dict({"store": {"path": str(root / f"{name}.sqlite")}})
     return open_pipeline(cfg, bundled())
-
-
-def chunks(gen: Generator, n: int, size: int) -> Iterator[list[str]]:
-    """The first ``n`` messages as JSON lines, ``size`` at a time."""
-    messages = gen.messages(n)
-    while True:
-        lines = [json.dumps(m) for _, m in zip(range(size), messages, strict=False)]
-        if not lines:
-            return
-        yield lines
 
 
 @dataclass
@@ -158,67 +154,104 @@ def stored_total(path: Path) -> int:
     return int(row[0]) if row else 0
 
 
-def run_size(n: int, seed: int, root: Path, chunk: int) -> SizeResult:
-    result = SizeResult(n)
-    pipeline = open_fresh(root, f"store-{n}")
+def run(
+    sizes: list[int], seed: int, root: Path, chunk: int, profile: int, top: int
+) -> tuple[list[SizeResult], dict[str, Any] | None]:
+    """One run of the largest size over a fresh store, with a result at each size: the first
+    N messages of the run are exactly a run of N (the generator's output is a prefix), and at
+    each checkpoint the pipeline flushes (timed, as a run's final flush) and the store's total
+    is checked. ``profile``: then profile that many more messages (untimed), with the store as
+    the run left it, and as many on a fresh store: how the cost of a message grew."""
+    checkpoints = sorted(set(sizes))
+    n = checkpoints[-1]
+    pipeline = open_fresh(root, "store")
+    store = root / "store.sqlite"
     handle = pipeline.handle
     loads = json.loads
     perf = time.perf_counter
     outcomes: Counter[str] = Counter()
+    results: list[SizeResult] = []
+    current = SizeResult(n)  # the running totals
+    messages = Generator(seed).messages()
     done = 0
     try:
-        began = perf()
-        for i, lines in enumerate(chunks(Generator(seed), n, chunk)):
-            result.generate_seconds += perf() - began
+        for i in itertools.count():
+            if done == n:
+                break
+            began = perf()
+            take = min(chunk, next(c for c in checkpoints if c > done) - done)
+            lines = [json.dumps(m) for m in itertools.islice(messages, take)]
+            current.generate_seconds += perf() - began
             for step in ("loads", "pipeline") if i % 2 == 0 else ("pipeline", "loads"):
+                t0 = perf()
                 if step == "loads":
-                    t0 = perf()
                     for line in lines:
                         loads(line)
-                    result.loads_seconds += perf() - t0
+                    current.loads_seconds += perf() - t0
                 else:
-                    t0 = perf()
                     for line in lines:
                         outcomes[handle(line)] += 1
-                    result.pipeline_seconds += perf() - t0
+                    current.pipeline_seconds += perf() - t0
             done += len(lines)
-            result.progress.append((done, result.pipeline_seconds))
+            current.progress.append((done, current.pipeline_seconds))
             if done % 100_000 < chunk or done == n:
-                log(f"  {done:,} / {n:,}: pipeline {done / result.pipeline_seconds:,.0f}/s")
-            began = perf()
-        t0 = perf()
-        pipeline.flush()
-        result.final_flush_seconds = perf() - t0
-        result.pipeline_seconds += result.final_flush_seconds
-        result.flushes = pipeline.stats.flushes
-        result.series = dict(sorted(pipeline.aggregator.series_per_metric.items()))
+                log(f"  {done:,} / {n:,}: pipeline {done / current.pipeline_seconds:,.0f}/s")
+            if done in checkpoints:
+                results.append(checkpoint(current, pipeline, outcomes, done, store))
+        if profile:
+            log(f"profiling {profile:,} messages more, then as many over a fresh store")
+            late = [json.dumps(m) for m in itertools.islice(messages, profile)]
+            after = profiled(pipeline, late, top)
     finally:
         pipeline.store.close()
-    result.outcomes = dict(outcomes)
-    store = root / f"store-{n}.sqlite"
-    result.store_total = stored_total(store)
-    result.store_bytes = sum(p.stat().st_size for p in root.glob(f"store-{n}.sqlite*"))
-    if outcomes != Counter(processed=n) or result.store_total != n:
-        raise RuntimeError(
-            f"{n:,} messages: outcomes {dict(outcomes)}, the store's total {result.store_total}"
-        )
-    return result
-
-
-def profile(n: int, seed: int, root: Path, top: int) -> dict[str, Any]:
-    """``n`` messages through a fresh pipeline under cProfile: time per module and the
-    functions with the most time of their own."""
-    lines = [json.dumps(m) for m in Generator(seed).messages(n)]
-    pipeline = open_fresh(root, "store-profile")
-    profiler = cProfile.Profile()
+    if not profile:
+        return results, None
+    fresh = open_fresh(root, "store-profile")
     try:
-        profiler.enable()
-        for line in lines:
-            pipeline.handle(line)
-        pipeline.flush()
-        profiler.disable()
+        first = [json.dumps(m) for m in Generator(seed).messages(profile)]
+        return results, {"fresh": profiled(fresh, first, top), "after": after, "after_messages": n}
     finally:
-        pipeline.store.close()
+        fresh.store.close()
+
+
+def checkpoint(
+    current: SizeResult, pipeline: Pipeline, outcomes: Counter[str], done: int, store: Path
+) -> SizeResult:
+    """Flush (timed), check the store holds ``done`` messages, and snapshot the figures."""
+    t0 = time.perf_counter()
+    pipeline.flush()
+    flush = time.perf_counter() - t0
+    current.pipeline_seconds += flush
+    current.progress[-1] = (done, current.pipeline_seconds)
+    total = stored_total(store)
+    if outcomes != Counter(processed=done) or total != done:
+        raise RuntimeError(
+            f"{done:,} messages: outcomes {dict(outcomes)}, the store's total {total}"
+        )
+    return SizeResult(
+        messages=done,
+        loads_seconds=current.loads_seconds,
+        pipeline_seconds=current.pipeline_seconds,
+        final_flush_seconds=flush,
+        generate_seconds=current.generate_seconds,
+        flushes=pipeline.stats.flushes,
+        series=dict(sorted(pipeline.aggregator.series_per_metric.items())),
+        outcomes=dict(outcomes),
+        store_total=total,
+        store_bytes=sum(p.stat().st_size for p in store.parent.glob(f"{store.name}*")),
+        progress=list(current.progress),
+    )
+
+
+def profiled(pipeline: Pipeline, lines: list[str], top: int) -> dict[str, Any]:
+    """``lines`` through ``pipeline`` (then a flush) under cProfile: time per module and the
+    functions with the most time of their own."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for line in lines:
+        pipeline.handle(line)
+    pipeline.flush()
+    profiler.disable()
     # {(file, line, function): (primitive calls, calls, own time, cumulative time, callers)}
     stats: dict[Any, Any] = vars(pstats.Stats(profiler))["stats"]
     total = sum(v[2] for v in stats.values())
@@ -237,7 +270,7 @@ def profile(n: int, seed: int, root: Path, top: int) -> dict[str, Any]:
         )
     functions.sort(key=lambda f: -f["own_seconds"])
     return {
-        "messages": n,
+        "messages": len(lines),
         "seconds": round(total, 3),
         "by_module": [
             {"module": m, "own_seconds": round(s, 4), "share": round(s / total, 4)}
@@ -304,27 +337,46 @@ def markdown(report: dict[str, Any], results: list[SizeResult]) -> str:
     ]
     prof = report.get("profile")
     if prof:
-        lines += [
-            "",
-            f"Where the time goes (cProfile over {prof['messages']:,} messages, "
-            f"{prof['seconds']:.2f} s under the profiler): time spent in each module's own code",
-            "",
-            "| module | own s | share |",
-            "|---|---:|---:|",
-        ]
-        for row in prof["by_module"][:12]:
-            lines.append(f"| `{row['module']}` | {row['own_seconds']:.3f} | {row['share']:.1%} |")
-        lines += [
-            "",
-            "| function (most own time) | calls | own s | cumulative s |",
-            "|---|---:|---:|---:|",
-        ]
-        for f in prof["functions"][:15]:
-            lines.append(
-                f"| `{f['function']}` | {f['calls']:,} | {f['own_seconds']:.3f} "
-                f"| {f['cumulative_seconds']:.3f} |"
-            )
+        lines += profile_markdown(prof)
     return "\n".join(lines) + "\n"
+
+
+def profile_markdown(prof: dict[str, Any]) -> list[str]:
+    """Where the time goes, on a fresh store and after the run: per module, then the functions
+    with the most own time after the run."""
+    fresh, after = prof["fresh"], prof["after"]
+    n, at = after["messages"], prof["after_messages"]
+    lines = [
+        "",
+        f"Where the time goes: cProfile over {n:,} messages on a fresh store "
+        f"({fresh['seconds']:.2f} s under the profiler) and over {n:,} more after the "
+        f"{at:,} of the run ({after['seconds']:.2f} s); seconds in each module's own code:",
+        "",
+        "| module | fresh store s | share | after the run s | share |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    before = {r["module"]: r for r in fresh["by_module"]}
+    for row in after["by_module"][:12]:
+        old = before.get(row["module"], {"own_seconds": 0.0, "share": 0.0})
+        lines.append(
+            f"| `{row['module']}` | {old['own_seconds']:.3f} | {old['share']:.1%} "
+            f"| {row['own_seconds']:.3f} | {row['share']:.1%} |"
+        )
+    earlier = {f["function"]: f for f in fresh["functions"]}
+    lines += [
+        "",
+        "| function (most own time after the run) | calls | fresh store own s "
+        "| after the run own s | cumulative s |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for f in after["functions"][:15]:
+        old = earlier.get(f["function"])
+        lines.append(
+            f"| `{f['function']}` | {f['calls']:,} "
+            f"| {old['own_seconds'] if old else float('nan'):.3f} | {f['own_seconds']:.3f} "
+            f"| {f['cumulative_seconds']:.3f} |"
+        )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -351,16 +403,10 @@ def main(argv: list[str] | None = None) -> int:
     info = common.machine(
         sqlite=sqlite3.sqlite_version, statscache_exporter=version("statscache-exporter")
     )
-    results: list[SizeResult] = []
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         root = Path(tmp)
-        for n in sizes:
-            log(f"{n:,} messages")
-            results.append(run_size(n, args.seed, root, args.chunk))
-        prof = None
-        if args.profile:
-            log(f"profiling {args.profile:,} messages")
-            prof = profile(args.profile, args.seed, root, args.top)
+        log(f"{sizes[-1]:,} messages, figures at {', '.join(f'{n:,}' for n in sizes)}")
+        results, prof = run(sizes, args.seed, root, args.chunk, args.profile, args.top)
     last, first = results[-1], results[0]
     report: dict[str, Any] = {
         "benchmark": NAME,
