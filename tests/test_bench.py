@@ -314,3 +314,11 @@ def test_report_builds_one_table_from_the_benchmarks_json(tmp_path: Path, capsys
         "| pipeline | messages/s through every plugin into the store, 10,000 messages | 9,000 |"
         in table
     )
+
+
+def test_the_pipeline_benchmarks_fast_lines_decode_to_the_messages() -> None:
+    import pipeline as bench_pipeline
+
+    lines = bench_pipeline.Lines()
+    for m in corpus.generate(2000, seed=9):
+        assert json.loads(lines(m)) == m
