@@ -61,13 +61,13 @@ bench: $(STAMP) test-deps $(DG_STAMP)
 	  $(BIN)/python bench/$$name.py "$$@" --json $(BENCH_OUT)/$$name.json || \
 	    echo "$$name" >> $(BENCH_OUT)/failed; \
 	  echo "=== $$name: $$(( $$(date +%s) - start )) s" >&2; }; \
-	run pipeline --profile 20000; \
+	run pipeline --profile 10000; \
 	run memory; \
 	run latency; \
-	run metrics_render; \
+	run metrics_render --repeat 3; \
 	run influx_write --points 300000; \
-	run amqp_consume --messages 3000; \
-	run backfill --messages 5000; \
+	run amqp_consume --messages 2000; \
+	run backfill --messages 3000; \
 	echo "=== report" >&2; $(BIN)/python bench/report.py --dir $(BENCH_OUT); \
 	if [ -s $(BENCH_OUT)/failed ]; then echo "failed: $$(cat $(BENCH_OUT)/failed)" >&2; exit 1; fi
 

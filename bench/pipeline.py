@@ -351,8 +351,8 @@ def markdown(report: dict[str, Any], results: list[SizeResult]) -> str:
         + ", ".join(f"{x:.0f}" for x in last.tenths())
         + ".",
         "",
-        "Every run: each message processed once, none rejected, the store's `messages` total "
-        "equal to the size. ratio = pipeline messages/s / json.loads messages/s of the same "
+        "At every size: each message processed once, none rejected, the store's `messages` "
+        "total equal to the size. ratio = pipeline messages/s / json.loads messages/s of the same "
         "lines in the same run.",
     ]
     prof = report.get("profile")

@@ -60,6 +60,20 @@ def num(x: float, digits: int = 0) -> str:
     return f"{x:,.{digits}f}"
 
 
+def ms(x: float) -> str:
+    """Milliseconds, to a sensible precision: 1,620 / 66.8 / 0.609 / 0.0004."""
+    if x >= 100:
+        return f"{x:,.0f} ms"
+    if x >= 1:
+        return f"{x:.1f} ms"
+    return f"{x:.3f} ms" if x >= 0.01 else f"{x:.2g} ms"
+
+
+def times(x: float) -> str:
+    """A speed-up factor: 2,664x / 15.7x."""
+    return f"{x:,.0f}x faster" if x >= 100 else f"{x:.1f}x faster"
+
+
 # --- one extractor per benchmark ---------------------------------------------------------------
 
 
@@ -149,12 +163,13 @@ def metrics_render_rows(d: dict[str, Any]) -> Iterator[Row]:
         )
         informative = t["check"].endswith("(not a target)")
         ref = row.get("reference_median_ms") if row else None
+        fmt = f", {t['format']}" if t.get("format") not in (None, "-") else ""
         yield Row(
             "metrics_render",
-            f"{t['check']}, {t['series']:,} series, {t['format']}",
-            f"{t['median_ms']:.3g} ms",
-            f"prometheus-client {ref:.3g} ms" if ref is not None else "-",
-            f"{ref / t['median_ms']:.1f}x faster" if ref is not None else "-",
+            f"{t['check']}, {t['series']:,} series{fmt}",
+            ms(t["median_ms"]),
+            f"prometheus-client {ms(ref)}" if ref is not None else "-",
+            times(ref / t["median_ms"]) if ref is not None else "-",
             f"< {t['target_ms']:g} ms" + (" (information)" if informative else ""),
             "-" if informative else verdict(t["pass"]),
         )
