@@ -284,11 +284,12 @@ class Daemon:
         )
 
     def loop(self) -> None:
-        """Handle messages and flush on time until stopped."""
-        interval = self.config.store.flush_interval.total_seconds()
+        """Handle messages and flush on time until stopped: a wait for the next message ends
+        when the next flush is due, so what came last before the bus went quiet is flushed on
+        time, not an interval later."""
         while not self.stop.is_set():
             try:
-                name, raw, ack = self.queue.get(timeout=interval)
+                name, raw, ack = self.queue.get(timeout=self.pipeline.until_flush())
             except queue.Empty:
                 pass
             else:

@@ -354,6 +354,10 @@ class Pipeline:
     def flush_due(self) -> bool:
         return self.clock() - self._last_flush >= self._flush_every
 
+    def until_flush(self) -> float:
+        """Seconds until the next flush is due (0 when it is)."""
+        return max(0.0, self._last_flush + self._flush_every - self.clock())
+
     def flush(self) -> FlushResult | None:
         """Commit everything since the last flush in one transaction. On a store error the
         batch is kept and retried by the next flush; the error propagates."""

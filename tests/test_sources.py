@@ -3,6 +3,7 @@ state (gauge, /readyz, gaps for the gap filler), reconnect backoff, and the sour
 
 from __future__ import annotations
 
+import queue
 import threading
 from pathlib import Path
 from typing import Any
@@ -310,4 +311,38 @@ def test_the_gap_fillers_progress_is_in_the_self_metrics(tmp_path: Path) -> None
     registry.unregister(next(iter(registry._collector_to_names)))
     registry.register(SelfMetrics(daemon.pipeline, "statscache_", dict))
     assert "backfill" not in generate_latest(registry).decode()  # no gap filler, no series
+    daemon.pipeline.close()
+
+
+def test_the_pipeline_thread_waits_for_a_message_only_until_the_next_flush_is_due(
+    tmp_path: Path,
+) -> None:
+    """What came last before the bus went quiet is flushed when the interval is up, not a
+    whole interval after the last message (the tail the latency benchmark found)."""
+    cfg = make_config(
+        tmp_path / "store.sqlite", http={"enabled": False}, store={"flush_interval": "10s"}
+    )
+    daemon = Daemon(cfg)
+    now = [1_000.0]
+    daemon.pipeline.clock = lambda: now[0]
+    daemon.pipeline.flush()  # the last flush: at 1,000 s
+    waits: list[float | None] = []
+
+    class Quiet:
+        """The daemon's queue on a bus gone quiet: records each wait, 4 s passes in each."""
+
+        def get(self, timeout: float | None = None) -> Any:
+            waits.append(timeout)
+            now[0] += 4.0
+            if len(waits) == 4:
+                daemon.stop.set()
+            raise queue.Empty
+
+    daemon.queue = Quiet()  # type: ignore[assignment]
+    flushes = daemon.pipeline.stats.flushes
+    daemon.loop()
+    # 10 s to go, then 6, then 2 (flushed at 1,012 s: due since 1,010), then 10 again
+    assert waits == [10.0, 6.0, 2.0, 10.0]
+    assert daemon.pipeline.stats.last_flush_attempt == 1_012.0
+    assert daemon.pipeline.stats.flushes == flushes  # nothing to commit: no empty flushes
     daemon.pipeline.close()
