@@ -597,3 +597,44 @@ def test_the_daemon_killed_between_receiving_and_flushing_counts_every_message_o
         depth(broker, url, queue, (0, 0))  # all acknowledged after run 2's flushes
     # exporter_process ended it with SIGTERM and it exited 0: the final acks went out cleanly
     assert exporter.returncode == 0
+
+
+def test_deliveries_become_what_fedora_messagings_get_message_makes_of_them() -> None:
+    """The source builds each schema's validator once instead of calling get_message (whose
+    jsonschema.validate checks the schema on every call): the same class, topic, headers and
+    body for every fedora-messaging message of the corpus, and the same refusals."""
+    from fedora_messaging.exceptions import ValidationError
+    from fedora_messaging.message import get_message
+
+    def delivery(m: dict[str, Any], body: Any) -> tuple[str, pika.BasicProperties, bytes]:
+        props = pika.BasicProperties(
+            headers=dict(m["headers"]), content_encoding="utf-8", message_id=m["id"]
+        )
+        return m["topic"], props, json.dumps(body).encode()
+
+    corpus = [json.loads(line)["message"] for line in (DATA / "fedora_messaging.jsonl").open()]
+    schemas = collections.Counter()
+    refused = 0
+    for m in corpus:
+        for body in (m["body"], {"not": "what any schema wants"}, [1, 2]):
+            theirs: Any
+            try:
+                theirs = get_message(*delivery(m, body))
+            except Exception as exc:  # ValidationError, or a schema class tripping on a body
+                theirs = exc
+            try:
+                ours: Any = amqp._get_message(*delivery(m, body))
+            except Exception as exc:
+                ours = exc
+            if isinstance(theirs, Exception):
+                assert type(ours) is type(theirs), (m["id"], body, ours, theirs)
+                refused += isinstance(ours, ValidationError)
+                continue
+            assert type(ours) is type(theirs), m["id"]
+            assert (ours.topic, ours.body, ours._headers) == (
+                theirs.topic,
+                theirs.body,
+                theirs._headers,
+            )
+            schemas[type(ours).__name__] += 1
+    assert len(schemas) > 10 and refused > len(corpus)  # real schema classes, real refusals
