@@ -13,68 +13,13 @@ from typing import Any
 
 import pytest
 import yaml
+from test_plugins_bundled import BUNDLED
 
 from statscache_exporter import config as configuration
 from statscache_exporter.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_YAML = REPO / "config.yaml"
-BUNDLED = {
-    "accounts": ["accounts_registered", "accounts_group_membership_changes"],
-    "badges": ["badges_awarded"],
-    "bodhi": ["bodhi_updates", "bodhi_comments_by_user", "bodhi_comment_karma"],
-    "copr": [
-        "copr_builds_started",
-        "copr_builds_ended",
-        "copr_builds_started_by_owner",
-        "copr_builds_ended_by_owner",
-    ],
-    "koji": [
-        "koji_builds",
-        "koji_builds_by_owner",
-        "koji_builds_started",
-        "koji_builds_finished",
-        "koji_tasks",
-        "koji_tag_changes",
-    ],
-    "pagure_contributions": [
-        "pagure_contributions",
-        "pagure_contributions_by_project",
-        "pagure_contributions_by_user",
-    ],
-    "releng_composes": [
-        "releng_compose_events",
-        "releng_compose_status",
-        "releng_compose_last_change_timestamp_seconds",
-        "releng_compose_last_success_timestamp_seconds",
-    ],
-    "releng_image_uploads": [
-        "releng_image_events",
-        "releng_image_upload_status",
-        "releng_image_upload_last_change_timestamp_seconds",
-        "releng_image_upload_last_success_timestamp_seconds",
-    ],
-    "releng_koji_artifacts": [
-        "releng_koji_artifact_events",
-        "releng_koji_artifact_status",
-        "releng_koji_artifact_last_change_timestamp_seconds",
-        "releng_koji_artifact_last_success_timestamp_seconds",
-    ],
-    "releng_updates": [
-        "releng_bodhi_compose_events",
-        "releng_bodhi_compose_status",
-        "releng_bodhi_compose_last_change_timestamp_seconds",
-        "releng_bodhi_compose_last_success_timestamp_seconds",
-        "releng_updates_syncs",
-        "releng_updates_last_sync_timestamp_seconds",
-    ],
-    "volume": ["messages"],
-    "volume_by_category": ["messages_by_category"],
-    "volume_by_topic": ["messages_by_topic"],
-    "volume_by_user": ["messages_by_user"],
-    "volume_by_package": ["messages_by_package"],
-    "volume_by_agent": ["messages_by_agent"],
-}
 AVAILABLE = ", ".join(sorted(BUNDLED))
 SUBCOMMANDS = ["run", "replay", "plugins", "check-config"]
 
