@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import json
 import os
 import random
 import statistics
@@ -645,11 +644,7 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_end": loadavg(),
     }
     text = markdown(report, rounds, analyzed)
-    report["markdown"] = text
-    sys.stdout.write(text)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    common.publish(report, text, args.json)
     if not ours_exact:
         log("ours was not exact: see the table")
         return 1

@@ -3,6 +3,7 @@ name generators behind their realistic label values."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import random
@@ -147,3 +148,13 @@ CATEGORIES = names(
     "robosignatory sigul summershum taskotron toddlers trac waiverdb wiki zanata fedora_planet "
     "message_tagging image_uploader"
 )
+
+
+def publish(report: dict[str, Any], text: str, json_path: Path | None) -> None:
+    """The benchmark's markdown on stdout, kept in its report, and the report as JSON at
+    ``json_path`` (``--json``), which ``report.py`` reads."""
+    report["markdown"] = text
+    sys.stdout.write(text)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report, indent=2) + "\n")

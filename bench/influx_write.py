@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import gc
-import json
 import os
 import random
 import shutil
@@ -799,12 +798,8 @@ def run(args: argparse.Namespace, root: Path, server: Influxd, started: str) -> 
     }
     report["loadavg_end"] = loadavg()
     text = markdown(report, rounds, middle)
-    report["markdown"] = text
     report["ok"] = ok
-    sys.stdout.write(text)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    common.publish(report, text, args.json)
     return 0 if ok else 1
 
 

@@ -283,11 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_end": loadavg(),
     }
     text = markdown(report)
-    report["markdown"] = text
-    sys.stdout.write(text)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    common.publish(report, text, args.json)
     return 1 if any(r.missing for r in results) else 0
 
 

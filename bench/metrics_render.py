@@ -34,7 +34,6 @@ import argparse
 import datetime as dt
 import gc
 import gzip
-import json
 import random
 import statistics
 import sys
@@ -676,11 +675,7 @@ def main(argv: list[str] | None = None) -> int:
     report["targets"] = targets(results)
     report["ok"] = all(all(r.identical.values()) for r in results)
     text = markdown(report, results)
-    report["markdown"] = text
-    sys.stdout.write(text)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    common.publish(report, text, args.json)
     if not report["ok"]:
         log("FAILED: our output differs from prometheus-client's (see above)")
         return 1
