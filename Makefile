@@ -80,7 +80,7 @@ system-deps:
 # The servers the integration tests start on loopback, installed only when missing:
 # prometheus (and promtool), without its recommended node exporter; influxdb (influxd 1.x);
 # rabbitmq-server (its scripts live in /usr/sbin and /usr/lib/rabbitmq/bin); postgresql and
-# libpq-dev (datagrepper's); gnupg (fedmsg signatures).
+# libpq-dev (datagrepper's); gnupg (fedmsg signatures); openssl (a test's client certificate).
 test-deps:
 	@pkgs=; \
 	{ command -v prometheus && command -v promtool; } >/dev/null || pkgs="$$pkgs prometheus"; \
@@ -90,6 +90,7 @@ test-deps:
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || pkgs="$$pkgs postgresql"; \
 	command -v pg_config >/dev/null || pkgs="$$pkgs libpq-dev"; \
 	command -v gpg >/dev/null || pkgs="$$pkgs gnupg"; \
+	command -v openssl >/dev/null || pkgs="$$pkgs openssl"; \
 	[ -z "$$pkgs" ] || { \
 	  $(APT) update -q && $(APT) install -y -q --no-install-recommends $$pkgs; }
 
