@@ -14,6 +14,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import pytest
 import yaml
+from test_plugins_bundled import BUNDLED as BUNDLED_METRICS
 
 from statscache_exporter import config
 from statscache_exporter.config import (
@@ -38,24 +39,7 @@ from statscache_exporter.plugin import Counter, Output, Plugin, PluginError, dis
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_YAML = REPO / "config.yaml"
-BUNDLED = {
-    "accounts",
-    "badges",
-    "bodhi",
-    "copr",
-    "koji",
-    "pagure_contributions",
-    "releng_composes",
-    "releng_image_uploads",
-    "releng_koji_artifacts",
-    "releng_updates",
-    "volume",
-    "volume_by_category",
-    "volume_by_topic",
-    "volume_by_user",
-    "volume_by_package",
-    "volume_by_agent",
-}
+BUNDLED = set(BUNDLED_METRICS)
 
 
 # --- helpers -------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from wsgiref.util import setup_testing_defaults
 import pytest
 import requests
 from conftest import bundled, make_config
+from test_plugins_bundled import BUNDLED
 
 from statscache_exporter.daemon import exposition_for, web_context
 from statscache_exporter.message import Message
@@ -32,26 +33,8 @@ T0 = 1_709_294_400  # 2024-03-01T12:00:00Z, a whole hour (not a whole day: midni
 NOW = T0 + 2 * 86400  # the app's clock: 2024-03-03T12:00:00Z
 KEEP_ALL = {"1s": "forever", "1m": "forever", "1h": "forever", "1d": "forever"}
 HOST = "exporter.test"
-OTHER_BUNDLED_IDENTS = [
-    "accounts",
-    "badges",
-    "bodhi",
-    "copr",
-    "koji",
-    "pagure_contributions",
-    "releng_composes",
-    "releng_image_uploads",
-    "releng_koji_artifacts",
-    "releng_updates",
-]
-VOLUME_IDENTS = [
-    "volume",
-    "volume_by_agent",
-    "volume_by_category",
-    "volume_by_package",
-    "volume_by_topic",
-    "volume_by_user",
-]
+OTHER_BUNDLED_IDENTS = sorted(i for i in BUNDLED if not i.startswith("volume"))
+VOLUME_IDENTS = sorted(i for i in BUNDLED if i.startswith("volume"))
 
 #: (message time, category) of every message fed to the category store
 CATEGORY_EVENTS: list[tuple[float, str]] = [
