@@ -181,8 +181,9 @@ class Pipeline:
 
         # wall-clock time, as the store stamps `seen` (which _owed compares with it)
         now, covered = time.time(), self.store.covered_until()
+        unregistered = set(self.store.unregistered(self.plugin_idents))
         for runner in self._runners:
-            if runner.ident not in self.store.unregistered([runner.ident]):
+            if runner.ident not in unregistered:
                 continue
             history = None
             if covered is not None and not self.store.has_series(runner.ident):
