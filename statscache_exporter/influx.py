@@ -11,10 +11,10 @@ twice is harmless.
 Delivery: the flush that changes a bucket also queues its line in the store's outbox, in the
 same transaction (the series' keys come from :class:`LineKeys`). This sender, a thread with its
 own SQLite connection, reads the oldest queued lines as one request body, writes them, and
-unqueues each only if it has not changed since it was read (``outbox.py``). Connection
-errors, 5xx and 429 are retried with exponential backoff and jitter (``Retry-After``
-honoured); a 400 is bisected down to the lines InfluxDB refuses, which
-are logged and set aside, so they never block the rest. Message processing never waits for it.
+deletes them once acknowledged (``outbox.py``). Connection errors, 5xx and 429 are retried
+with exponential backoff and jitter (``Retry-After`` honoured); a 400 is bisected down to the
+lines InfluxDB refuses, which are logged and set aside, so they never block the rest. Message
+processing never waits for it.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from influxdb_client.domain.write_precision import WritePrecision
 from requests.structures import CaseInsensitiveDict
 
 from statscache_exporter.config import InfluxConfig
-from statscache_exporter.outbox import Outbox, Pending, Queued
+from statscache_exporter.outbox import Outbox, Queued
 
 log = logging.getLogger(__name__)
 
@@ -337,7 +337,7 @@ class InfluxSink:
         keeps InfluxDB busy. Returns what was sent, or -1 if InfluxDB is away (a batch read
         ahead is then dropped and read again later: nothing was acknowledged for it)."""
         in_flight: tuple[Queued, Future[WriteResult]] | None = None
-        after: tuple[int, int] | None = None
+        after: int | None = None
         total = acknowledged = 0
         while True:
             late = deadline is not None and time.monotonic() >= deadline
@@ -380,11 +380,13 @@ class InfluxSink:
             self._sent(batch.count)
             return batch.count
         if result.bad_data:
-            good, refused = self._bisect(outbox.points(batch))
-            outbox.acknowledge(good, batch.seq)
-            outbox.mark_failed(refused, batch.seq)
-            self._sent(len(good))
-            return batch.count
+            split = self._bisect(batch.lines())
+            if split is not None:
+                good, refused = split
+                outbox.acknowledge_batch(batch, refused)
+                self._sent(len(good))
+                return batch.count
+            result = WriteResult(False, error="InfluxDB went away while a refused batch was split")
         self._failed(result, batch.count)
         return -1
 
@@ -401,25 +403,28 @@ class InfluxSink:
             self.stats.batches_written += 1
         return result
 
-    def _bisect(self, batch: Sequence[Pending]) -> tuple[list[Pending], list[Pending]]:
-        """Split a batch InfluxDB refused until each refused line stands alone: (written,
-        refused). A good point written twice on the way is harmless: it overwrites itself."""
-        if len(batch) == 1:
+    def _bisect(self, lines: Sequence[str]) -> tuple[list[str], list[str]] | None:
+        """Split lines InfluxDB refused until each refused line stands alone: (written,
+        refused), or None if InfluxDB went away meanwhile (the batch stays queued, to be split
+        again). A good line written twice on the way is harmless: it overwrites itself."""
+        if len(lines) == 1:
             self.stats.points_refused += 1
-            log.error("InfluxDB refused a point, set aside (it is in the store): %s", batch[0].line)
-            return [], [batch[0]]
-        half = len(batch) // 2
-        good_a, bad_a = self._bisect_half(batch[:half])
-        good_b, bad_b = self._bisect_half(batch[half:])
-        return good_a + good_b, bad_a + bad_b
+            log.error("InfluxDB refused a point, set aside (it is in the store): %s", lines[0])
+            return [], [lines[0]]
+        half = len(lines) // 2
+        first = self._bisect_half(lines[:half])
+        second = self._bisect_half(lines[half:]) if first is not None else None
+        if first is None or second is None:
+            return None
+        return first[0] + second[0], first[1] + second[1]
 
-    def _bisect_half(self, half: Sequence[Pending]) -> tuple[list[Pending], list[Pending]]:
-        result = self._counted(self.writer.write("\n".join(p.line for p in half)), len(half))
+    def _bisect_half(self, half: Sequence[str]) -> tuple[list[str], list[str]] | None:
+        result = self._counted(self.writer.write("\n".join(half)), len(half))
         if result.ok:
             return list(half), []
         if result.bad_data:
             return self._bisect(half)
-        return [], []  # InfluxDB went away meanwhile: leave them queued
+        return None
 
     def _recovered(self) -> None:
         if not self.stats.connected and self.stats.batches_failed:

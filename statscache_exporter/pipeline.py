@@ -489,7 +489,9 @@ def open_pipeline(config: Config, available: Mapping[str, type[Plugin]] | None =
         keys = LineKeys(config.prometheus.prefix, config.influxdb.tags)
         resolution = config.resolutions()[0]
         try:
-            store.prepare_outbox(resolution, keys.fingerprint, keys.series_key)
+            store.prepare_outbox(
+                resolution, keys.fingerprint, keys.series_key, config.influxdb.batch_size
+            )
         except BaseException:
             store.close()
             raise

@@ -12,11 +12,17 @@ Tables:
   (ts, msg_id) of the message that set it, so a late older message never overwrites it.
 - ``totals``: series → cumulative count (counters) or current value (gauges).
 - ``seen``: ids of processed messages, kept for the dedup window (by the time they were stored).
-- ``outbox``: base-resolution buckets changed since InfluxDB last acknowledged them (only when
-  the InfluxDB sink is on), each with its line of line protocol; queued in the flush that
-  changes the bucket, removed by the sender (``outbox.py``).
+- ``outbox``: the lines of line protocol InfluxDB has not acknowledged yet (only when the
+  InfluxDB sink is on). A flush appends the lines of the base-resolution buckets it changed as
+  parts of at most ``influxdb.batch_size`` lines, each part one text that is a request body as
+  it stands; the sender (``outbox.py``) sends whole parts and deletes them once acknowledged.
+  A bucket that changes again is appended again with its new full count: parts go out in
+  order, so InfluxDB ends with the latest.
+- ``outbox_aside``: points set aside, by (bucket start, series): refused by InfluxDB for their
+  data (with the line), or of a series line protocol cannot carry (no line). A later change
+  of the bucket queues it again.
 - ``influx_keys``: series → its escaped measurement and tags, from which the flush builds the
-  lines; NULL for a series line protocol cannot carry (its points are queued as failed).
+  lines; NULL for a series line protocol cannot carry.
 - ``gaps``: times a live source was disconnected (epoch seconds), for the gap filler.
 - ``plugins``: every plugin the store has run, since when, and for one added to a store that
   already had history, the range of history the gap filler fetches for it alone (and how far
@@ -41,7 +47,7 @@ from statscache_exporter.aggregate import Batch, GaugeValue, Series, SeriesKey
 from statscache_exporter.outbox import outbox_state
 from statscache_exporter.plugin import Metric
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -73,15 +79,19 @@ CREATE TABLE IF NOT EXISTS totals (
 CREATE TABLE IF NOT EXISTS seen (msg_id TEXT PRIMARY KEY, stored_at REAL NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS seen_by_time ON seen (stored_at);
 CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    since REAL NOT NULL,
+    first_start INTEGER NOT NULL,
+    lines INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox_aside (
     start INTEGER NOT NULL,
     series INTEGER NOT NULL,
-    seq INTEGER NOT NULL DEFAULT 0,
-    failed INTEGER NOT NULL DEFAULT 0,
     since REAL NOT NULL,
     line TEXT,
     PRIMARY KEY (start, series)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS outbox_failed ON outbox (failed) WHERE failed = 1;
 CREATE TABLE IF NOT EXISTS gaps (
     source TEXT NOT NULL,
     start REAL NOT NULL,
@@ -126,24 +136,23 @@ _LINE = (
     "k.key || CASE WHEN k.counter THEN ' count=' || CAST(b.value AS INTEGER) || 'i ' "
     "ELSE ' value=' || influx_float(b.value) || ' ' END || b.start"
 )
-# A bucket changed: (re)queue it for InfluxDB with its line as this flush leaves it, stamped
-# with the flush's sequence number. The sender unqueues only rows stamped no later than the
-# flush it had seen when it read them: a change while they were in flight keeps them queued.
-# Rows are clustered by time, so a batch is one range read and one range delete.
+# Buckets a flush changed, queued for InfluxDB as this flush leaves them: their lines, in time
+# order, cut into parts of at most :part lines, each part one text (a request body as it is).
+# :keys is a JSON array of [series, start]; series without a key are set aside in Python.
 _QUEUE = f"""
-INSERT INTO outbox (start, series, seq, failed, since, line)
-SELECT b.start, b.series, ?, k.key IS NULL, ?, {_LINE}
-FROM buckets b LEFT JOIN influx_keys k ON k.series = b.series
-WHERE b.series = ? AND b.resolution = ? AND b.start = ?
-ON CONFLICT (start, series) DO UPDATE
-SET seq = excluded.seq, failed = excluded.failed, line = excluded.line
+INSERT INTO outbox (since, first_start, lines, body)
+SELECT :since, min(start), count(*), group_concat(line, char(10)) FROM (
+    SELECT b.start AS start, {_LINE} AS line,
+           (row_number() OVER (ORDER BY b.start, b.series) - 1) / :part AS part
+    FROM json_each(:keys) j
+    CROSS JOIN buckets b ON b.series = json_extract(j.value, '$[0]')
+        AND b.resolution = :resolution AND b.start = json_extract(j.value, '$[1]')
+    CROSS JOIN influx_keys k ON k.series = b.series
+    WHERE k.key IS NOT NULL
+) GROUP BY part ORDER BY part
 """
-_RELINE = f"""
-UPDATE outbox SET line = (
-    SELECT {_LINE} FROM buckets b JOIN influx_keys k ON k.series = b.series
-    WHERE b.series = outbox.series AND b.resolution = ? AND b.start = outbox.start
-) WHERE failed = 0
-"""
+#: lines per part when a store carries an outbox of an older schema over (the default batch)
+_CARRIED_PART = 5000
 
 #: (metric, labels JSON) → the series' escaped measurement and tags, None if unwritable
 LineKey = Callable[[str, str], "str | None"]
@@ -151,6 +160,10 @@ LineKey = Callable[[str, str], "str | None"]
 
 def _influx_float(value: float) -> str:
     return repr(float(value))
+
+
+def _keyless(db: sqlite3.Connection) -> set[int]:
+    return {row[0] for row in db.execute("SELECT series FROM influx_keys WHERE key ISNULL")}
 
 
 class StoreError(Exception):
@@ -208,6 +221,11 @@ class Store:
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
         self._series_ids: dict[SeriesKey, int] = {}
         self._line_key: LineKey | None = None
+        # set by prepare_outbox: series whose points line protocol cannot carry, and how the
+        # outbox is cut
+        self._keyless: set[int] = set()
+        self._outbox_resolution = 1
+        self._part_lines = _CARRIED_PART
         #: resolution → the bucket start before which retention has pruned
         self._pruned_before = {
             int(key.split(":")[1]): int(value)
@@ -239,38 +257,53 @@ class Store:
             if "created" not in columns:  # schema 1 → 2
                 self.db.execute("ALTER TABLE series ADD COLUMN created REAL NOT NULL DEFAULT 0")
             outbox_columns = {r[1] for r in self.db.execute("PRAGMA table_info(outbox)")}
-            if "line" not in outbox_columns:  # schema 3/4 → 5: lines built at queue time
-                self._rebuild_outbox("seq" in outbox_columns)
+            if "start" in outbox_columns:  # schema 3 to 6 → 7: a row per point → parts
+                self._carry_outbox_over("line" in outbox_columns)
             self.db.execute(
                 "INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE "
                 "SET value = excluded.value",
                 (str(SCHEMA_VERSION),),
             )
 
-    def _rebuild_outbox(self, has_seq: bool) -> None:
-        """Carry the queue over; the lines are built by :meth:`prepare_outbox`, which finds
-        queued rows without one."""
+    def _carry_outbox_over(self, has_lines: bool) -> None:
+        """A row per queued point (schemas 3 to 6) → parts of lines; rows refused, or without a
+        line (schemas 3 and 4 stored none), are set aside: :meth:`prepare_outbox` queues those
+        again once their series has a key."""
         self.db.execute("ALTER TABLE outbox RENAME TO outbox_old")
         for index in ("outbox_pending", "outbox_age", "outbox_failed"):
             self.db.execute(f"DROP INDEX IF EXISTS {index}")
         for statement in _SCHEMA.split(";"):
-            if "outbox" in statement:
+            if "EXISTS outbox (" in statement:
                 self.db.execute(statement)
+        line = "line" if has_lines else "NULL"
         self.db.execute(
-            "INSERT INTO outbox (start, series, seq, failed, since) "
-            f"SELECT start, series, {'seq' if has_seq else 0}, failed, since FROM outbox_old"
+            "INSERT INTO outbox (since, first_start, lines, body) "
+            "SELECT min(since), min(start), count(*), group_concat(line, char(10)) FROM ("
+            f"SELECT since, start, {line} AS line, "
+            f"(row_number() OVER (ORDER BY start, series) - 1) / {_CARRIED_PART} AS part "
+            f"FROM outbox_old WHERE failed = 0 AND {line} IS NOT NULL"
+            ") GROUP BY part ORDER BY part"
+        )
+        self.db.execute(
+            f"INSERT OR IGNORE INTO outbox_aside SELECT start, series, since, {line} "
+            f"FROM outbox_old WHERE failed = 1 OR {line} IS NULL"
         )
         self.db.execute("DROP TABLE outbox_old")
+        self.db.execute("DELETE FROM meta WHERE key = 'outbox_seq'")
 
-    def prepare_outbox(self, resolution: int, fingerprint: str, line_key: LineKey) -> None:
+    def prepare_outbox(
+        self, resolution: int, fingerprint: str, line_key: LineKey, part_lines: int
+    ) -> None:
         """Keep ``influx_keys`` for every series from now on (new ones in the flush that
-        creates them). ``fingerprint`` names what the keys depend on (the measurement prefix,
-        the global tags): when it differs from the stored one, every key and queued line is
-        rebuilt, so nothing queued goes out with the old tags."""
+        creates them) and queue ``resolution``'s bucket changes in parts of ``part_lines``.
+        ``fingerprint`` names what the keys depend on (the measurement prefix, the global
+        tags): when it differs from the stored one, every key and queued line is rebuilt, so
+        nothing queued goes out with the old tags."""
         with self._transaction() as db:
             row = db.execute("SELECT value FROM meta WHERE key = 'influx_keys_for'").fetchone()
-            changed = row is None or row[0] != fingerprint
-            if changed:
+            old_keys: dict[str, int] | None = None
+            if row is None or row[0] != fingerprint:
+                old_keys = dict(db.execute("SELECT key, series FROM influx_keys WHERE key NOTNULL"))
                 db.execute("DELETE FROM influx_keys")
                 db.execute(
                     "INSERT INTO meta VALUES ('influx_keys_for', ?) ON CONFLICT (key) DO UPDATE "
@@ -285,15 +318,49 @@ class Store:
                 "INSERT INTO influx_keys VALUES (?, ?, ?)",
                 ((sid, line_key(m, labels), kind == "counter") for sid, m, labels, kind in missing),
             )
-            unlined = db.execute(
-                "SELECT 1 FROM outbox WHERE failed = 0 AND line IS NULL LIMIT 1"
-            ).fetchone()
-            if changed or unlined:
-                # rows set aside because their series had no key get another chance
-                db.execute("UPDATE outbox SET failed = 0 WHERE failed = 1 AND line IS NULL")
-                db.execute(_RELINE, (resolution,))
-                db.execute("UPDATE outbox SET failed = 1 WHERE failed = 0 AND line IS NULL")
+            self._keyless = _keyless(db)
+            self._outbox_resolution, self._part_lines = resolution, part_lines
+            if old_keys:
+                self._rekey_outbox(db, old_keys)
+            self._requeue_keyed(db)
         self._line_key = line_key
+
+    def _rekey_outbox(self, db: sqlite3.Connection, old_keys: Mapping[str, int]) -> None:
+        """Rewrite the queued lines with the keys just rebuilt (``old_keys``: key → series
+        before). A point whose series has no key now is set aside."""
+        new_keys = dict(db.execute("SELECT series, key FROM influx_keys"))
+        for part, since, body in db.execute("SELECT id, since, body FROM outbox").fetchall():
+            kept: list[str] = []
+            for line in body.split("\n"):
+                # "<key> <field> <time>": neither the field nor the time has a space
+                key, value, start = line.rsplit(" ", 2)
+                series = old_keys.get(key)
+                if series is None:
+                    kept.append(line)  # no series had this key: leave it as it was
+                elif new_keys.get(series) is None:
+                    db.execute(
+                        "INSERT OR IGNORE INTO outbox_aside VALUES (?, ?, ?, NULL)",
+                        (int(start), series, since),
+                    )
+                else:
+                    kept.append(f"{new_keys[series]} {value} {start}")
+            if kept:
+                db.execute(
+                    "UPDATE outbox SET lines = ?, body = ? WHERE id = ?",
+                    (len(kept), "\n".join(kept), part),
+                )
+            else:
+                db.execute("DELETE FROM outbox WHERE id = ?", (part,))
+
+    def _requeue_keyed(self, db: sqlite3.Connection) -> None:
+        """Queue again the points set aside for want of a key whose series has one now."""
+        found = db.execute(
+            "SELECT a.series, a.start FROM outbox_aside a JOIN influx_keys k ON k.series = "
+            "a.series WHERE a.line ISNULL AND k.key NOTNULL"
+        ).fetchall()
+        if found:
+            db.executemany("DELETE FROM outbox_aside WHERE series = ? AND start = ?", found)
+            self._append(db, found, time.time(), self._outbox_resolution)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -458,6 +525,8 @@ class Store:
         except sqlite3.Error as exc:
             for key in new_keys:  # their ids were rolled back with the transaction
                 self._series_ids.pop(key, None)
+            if self._line_key is not None:
+                self._keyless = _keyless(self.db)
             raise StoreError(
                 f"flush to {self.path} failed, nothing of it was written: {exc}"
             ) from exc
@@ -481,17 +550,16 @@ class Store:
     def _insert_line_keys(self, db: sqlite3.Connection, new: list[SeriesKey], batch: Batch) -> None:
         assert self._line_key is not None
         line_key = self._line_key
-        db.executemany(
-            "INSERT OR IGNORE INTO influx_keys VALUES (?, ?, ?)",
+        rows = [
             (
-                (
-                    self._series_ids[key],
-                    line_key(batch.series[key].metric.name, labels_json(batch.series[key])),
-                    batch.series[key].metric.kind == "counter",
-                )
-                for key in new
-            ),
-        )
+                self._series_ids[key],
+                line_key(batch.series[key].metric.name, labels_json(batch.series[key])),
+                batch.series[key].metric.kind == "counter",
+            )
+            for key in new
+        ]
+        db.executemany("INSERT OR IGNORE INTO influx_keys VALUES (?, ?, ?)", rows)
+        self._keyless.update(series for series, key, _ in rows if key is None)
 
     def _base_keys(self, batch: Batch, resolution: int) -> set[tuple[int, int]]:
         sid = self._series_ids
@@ -533,16 +601,33 @@ class Store:
         touched = self._base_keys(batch, resolution) - skip
         if not touched:
             return
-        row = db.execute("SELECT value FROM meta WHERE key = 'outbox_seq'").fetchone()
-        seq = int(row[0]) + 1 if row else 1
-        db.execute(
-            "INSERT INTO meta VALUES ('outbox_seq', ?) ON CONFLICT (key) DO UPDATE "
-            "SET value = excluded.value",
-            (str(seq),),
-        )
+        keyless = self._keyless
+        if db.execute("SELECT 1 FROM outbox_aside LIMIT 1").fetchone():
+            # a later change takes a point set aside out of there (and queues it, if it can)
+            db.executemany(
+                "DELETE FROM outbox_aside WHERE series = ? AND start = ?",
+                (key for key in touched if key[0] not in keyless),
+            )
         db.executemany(
-            _QUEUE, ((seq, now, series, resolution, start) for series, start in sorted(touched))
+            "INSERT OR IGNORE INTO outbox_aside VALUES (?, ?, ?, NULL)",
+            ((start, series, now) for series, start in touched if series in keyless),
         )
+        self._append(db, [key for key in touched if key[0] not in keyless], now, resolution)
+
+    def _append(
+        self, db: sqlite3.Connection, keys: list[tuple[int, int]], now: float, resolution: int
+    ) -> None:
+        """Append the lines of these base buckets (series, start) as they are now, in parts."""
+        if keys:
+            db.execute(
+                _QUEUE,
+                {
+                    "since": now,
+                    "part": self._part_lines,
+                    "keys": json.dumps(keys, separators=(",", ":")),
+                    "resolution": resolution,
+                },
+            )
 
     def record_gap(self, source: str, start: float, end: float) -> None:
         """A live source may have missed messages between these times."""
@@ -613,21 +698,28 @@ class Store:
                         (f"pruned_before:{res}", str(line)),
                     )
                     self._pruned_before[res] = line
-                    # a bucket InfluxDB has not acknowledged yet stays until it has
                     cur = db.execute(
-                        "DELETE FROM buckets WHERE resolution = ? AND start < ? AND NOT EXISTS "
-                        "(SELECT 1 FROM outbox o WHERE o.series = buckets.series "
-                        "AND o.start = buckets.start AND o.failed = 0)",
-                        (res, int(reference - keep)),
+                        "DELETE FROM buckets WHERE resolution = ? AND start < ?",
+                        (res, self._prune_before(db, res, int(reference - keep))),
                     )
                     deleted += cur.rowcount
             db.execute("DELETE FROM seen WHERE stored_at < ?", (time.time() - dedup_window,))
-            # rows InfluxDB refused, whose bucket retention has now removed
+            # points set aside whose bucket retention has now removed
             db.execute(
-                "DELETE FROM outbox WHERE failed = 1 AND NOT EXISTS (SELECT 1 FROM buckets b "
-                "WHERE b.series = outbox.series AND b.start = outbox.start)"
+                "DELETE FROM outbox_aside WHERE NOT EXISTS (SELECT 1 FROM buckets b "
+                "WHERE b.series = outbox_aside.series AND b.start = outbox_aside.start)"
             )
         return deleted
+
+    def _prune_before(self, db: sqlite3.Connection, resolution: int, line: int) -> int:
+        """Where pruning stops: at ``line``, or before, at the first bucket of a line InfluxDB
+        has not acknowledged yet. Kept, such a bucket takes a late message like any other,
+        and the sender writes its new full count; pruned, the late message could only be
+        left out (see :meth:`_recreated`)."""
+        if self._line_key is None or resolution != self._outbox_resolution:
+            return line
+        pending_from = db.execute("SELECT min(first_start) FROM outbox").fetchone()[0]
+        return line if pending_from is None else min(line, int(pending_from))
 
     # --- inspection --------------------------------------------------------------------
 

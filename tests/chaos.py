@@ -243,10 +243,10 @@ def store_counts(totals: dict[tuple[str, str], int]) -> dict[str, Counter[str]]:
 
 
 def outbox_rows(path: Path) -> int:
-    """Outbox rows still to send to InfluxDB."""
+    """Lines still to send to InfluxDB."""
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
     try:
-        return int(db.execute("SELECT count(*) FROM outbox WHERE failed = 0").fetchone()[0])
+        return int(db.execute("SELECT coalesce(sum(lines), 0) FROM outbox").fetchone()[0])
     finally:
         db.close()
 

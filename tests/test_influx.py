@@ -114,21 +114,35 @@ def replay(tmp_path: Path, name: str, files: list[Path], influxdb: dict[str, Any
 
 
 def outbox(store: Path) -> list[tuple[str, dict[str, str], int, int]]:
-    """The store's outbox as (metric, labels, bucket start, failed), read-only."""
+    """The store's outbox as (metric, labels, bucket start, set aside or not), read-only: the
+    queued lines, by their series' key, and the points set aside."""
     db = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=10)
     try:
-        rows = db.execute(
-            "SELECT s.metric, s.labels, o.start, o.failed FROM outbox o "
-            "JOIN series s ON s.id = o.series"
+        series = {
+            key: (metric, labels)
+            for key, metric, labels in db.execute(
+                "SELECT k.key, s.metric, s.labels FROM influx_keys k "
+                "JOIN series s ON s.id = k.series"
+            )
+        }
+        bodies = db.execute("SELECT body FROM outbox").fetchall()
+        rows = [
+            (*series[key], int(start), 0)
+            for (body,) in bodies
+            for key, _, start in (line.rsplit(" ", 2) for line in body.split("\n"))
+        ]
+        rows += db.execute(
+            "SELECT s.metric, s.labels, a.start, 1 FROM outbox_aside a "
+            "JOIN series s ON s.id = a.series"
         ).fetchall()
     finally:
         db.close()
-    return [(m, json.loads(labels), start, failed) for m, labels, start, failed in sorted(rows)]
+    return [(m, json.loads(labels), start, aside) for m, labels, start, aside in sorted(rows)]
 
 
 def queued(store: Path) -> int:
-    """Outbox rows still to send (not set aside as refused)."""
-    return sum(1 for *_, failed in outbox(store) if not failed)
+    """Lines still to send (not set aside)."""
+    return sum(1 for *_, aside in outbox(store) if not aside)
 
 
 def gauge(samples: Samples, name: str) -> float:

@@ -18,7 +18,7 @@ from statscache_exporter.influx import InfluxSink, LineKeys, WriteResult
 from statscache_exporter.outbox import Outbox
 from statscache_exporter.pipeline import influx_sink_for
 from statscache_exporter.plugin import Counter, Gauge
-from statscache_exporter.store import Store
+from statscache_exporter.store import Reader, Store
 
 T0 = 1_700_000_000
 
@@ -64,10 +64,27 @@ def sink_for(p: Any, writer: Scripted) -> InfluxSink:
     return sink
 
 
-def outbox_rows(store: Path) -> list[tuple[Any, ...]]:
+def pending(store: Path) -> list[str]:
+    """The queued lines, in the order they go out."""
     db = sqlite3.connect(store)
     try:
-        return sorted(db.execute("SELECT start, seq, failed FROM outbox"))
+        bodies = db.execute("SELECT body FROM outbox ORDER BY id").fetchall()
+        return [line for (body,) in bodies for line in body.split("\n")]
+    finally:
+        db.close()
+
+
+def aside(store: Path) -> list[tuple[int, str, str | None]]:
+    """The points set aside: (bucket start, metric, line or None)."""
+    db = sqlite3.connect(store)
+    try:
+        return sorted(
+            db.execute(
+                "SELECT a.start, s.metric, a.line FROM outbox_aside a "
+                "JOIN series s ON s.id = a.series"
+            ),
+            key=repr,
+        )
     finally:
         db.close()
 
@@ -85,22 +102,11 @@ def test_series_keys_are_escaped_by_point() -> None:
     assert LineKeys("statscache_", {"instance": "b"}).fingerprint != keys.fingerprint
 
 
-def queued_lines(path: Path) -> dict[tuple[int, str], tuple[int, str | None]]:
-    """(start, metric) → (failed, line), for outboxes of one series per metric."""
-    db = sqlite3.connect(path)
-    try:
-        rows = db.execute(
-            "SELECT o.start, s.metric, o.failed, o.line FROM outbox o "
-            "JOIN series s ON s.id = o.series"
-        )
-        return {(start, metric): (failed, line) for start, metric, failed, line in rows}
-    finally:
-        db.close()
-
-
 def test_the_flush_queues_each_point_with_its_line(tmp_path: Path) -> None:
     """Counters carry their full count as an integer, gauges their value in its shortest exact
-    form; a series line protocol cannot carry is queued as failed, without a line."""
+    form, each flush's lines in a part of their own (a bucket changed again is queued again,
+    with its new full count); a series line protocol cannot carry is set aside, without a
+    line."""
     count, level = Counter("c", "c", ("user",)), Gauge("g", "g")
     odd = Counter("odd", "odd", ("user",))
     series = {
@@ -108,27 +114,45 @@ def test_the_flush_queues_each_point_with_its_line(tmp_path: Path) -> None:
         ("g", ()): Series("p", level, (), 0.0),
         ("odd", ("a\tb",)): Series("p", odd, ("a\tb",), 0.0),
     }
-    store = Store(tmp_path / "s.sqlite")
+    path = tmp_path / "s.sqlite"
+    store = Store(path)
     keys = LineKeys("x_", {})
-    store.prepare_outbox(1, keys.fingerprint, keys.series_key)
+    store.prepare_outbox(1, keys.fingerprint, keys.series_key, 5000)
     for value, n in ((0.1 + 0.2, 3), (1e21, 4)):
         batch = Batch(series=dict(series))
         batch.counter_deltas = {("c", ("o b",), 1, T0): n, ("odd", ("a\tb",), 1, T0): 1}
         batch.gauge_candidates = {("g", (), 1, T0): GaugeValue(T0 + n, f"m{n}", value)}
         store.commit(batch, [f"m{n}"], outbox_resolution=1)
-    assert queued_lines(tmp_path / "s.sqlite") == {
-        (T0, "c"): (0, f"x_c,user=o\\ b count=7i {T0}"),
-        (T0, "g"): (0, f"x_g value=1e+21 {T0}"),
-        (T0, "odd"): (1, None),
-    }
-    batch = Batch(series=dict(series))
-    batch.gauge_candidates = {("g", (), 1, T0 + 1): GaugeValue(T0 + 1, "m9", 0.1 + 0.2)}
-    store.commit(batch, ["m9"], outbox_resolution=1)
-    assert queued_lines(tmp_path / "s.sqlite")[(T0 + 1, "g")] == (
-        0,
-        f"x_g value=0.30000000000000004 {T0 + 1}",
-    )
+    assert pending(path) == [
+        f"x_c,user=o\\ b count=3i {T0}",
+        f"x_g value=0.30000000000000004 {T0}",
+        f"x_c,user=o\\ b count=7i {T0}",
+        f"x_g value=1e+21 {T0}",
+    ]
+    assert aside(path) == [(T0, "odd", None)]
+    assert Reader(path).outbox_state()[:2] == (4, 1)
     store.close()
+
+
+def test_a_flush_is_cut_into_parts_of_batch_size_lines_in_time_order(tmp_path: Path) -> None:
+    count = Counter("c", "c", ("user",))
+    users = [f"u{i}" for i in range(5)]
+    series = {("c", (u,)): Series("p", count, (u,), 0.0) for u in users}
+    path = tmp_path / "s.sqlite"
+    store = Store(path)
+    keys = LineKeys("x_", {})
+    store.prepare_outbox(1, keys.fingerprint, keys.series_key, 4)
+    batch = Batch(series=dict(series))
+    batch.counter_deltas = {("c", (u,), 1, T0 + t): 1 for u in users for t in (2, 0, 1)}
+    store.commit(batch, ["m1"], outbox_resolution=1)
+    db = sqlite3.connect(path)
+    parts = db.execute("SELECT first_start, lines, body FROM outbox ORDER BY id").fetchall()
+    db.close()
+    store.close()
+    assert [(first, n) for first, n, _ in parts] == [(T0, 4), (T0, 4), (T0 + 1, 4), (T0 + 2, 3)]
+    assert "\n".join(body for *_, body in parts) == "\n".join(
+        f"x_c,user={u} count=1i {T0 + t}" for t in range(3) for u in users
+    )
 
 
 def test_new_global_tags_rebuild_the_queued_lines(tmp_path: Path) -> None:
@@ -136,28 +160,60 @@ def test_new_global_tags_rebuild_the_queued_lines(tmp_path: Path) -> None:
     count = Counter("c", "c", ("user",))
     s = {
         ("c", ("u",)): Series("p", count, ("u",), 0.0),
+        ("c", ("a b",)): Series("p", count, ("a b",), 0.0),
         ("c", ("a\tb",)): Series("p", count, ("a\tb",), 0.0),
     }
-    store = Store(tmp_path / "s.sqlite")
+    path = tmp_path / "s.sqlite"
+    store = Store(path)
     old = LineKeys("x_", {"instance": "a"})
-    store.prepare_outbox(1, old.fingerprint, old.series_key)
+    store.prepare_outbox(1, old.fingerprint, old.series_key, 5000)
     batch = Batch(series=dict(s))
-    batch.counter_deltas = {("c", ("u",), 1, T0): 2, ("c", ("a\tb",), 1, T0): 1}
+    batch.counter_deltas = {("c", ("u",), 1, T0): 2, ("c", ("a b",), 1, T0): 3}
+    batch.counter_deltas[("c", ("a\tb",), 1, T0)] = 1
     store.commit(batch, ["m1"], outbox_resolution=1)
     store.close()
-    store = Store(tmp_path / "s.sqlite")
-    new = LineKeys("x_", {"instance": "b"})
-    store.prepare_outbox(1, new.fingerprint, new.series_key)
+    store = Store(path)
+    new = LineKeys("y_", {"instance": "b c"})
+    store.prepare_outbox(1, new.fingerprint, new.series_key, 5000)
     store.close()
-    db = sqlite3.connect(tmp_path / "s.sqlite")
-    lines = sorted(db.execute("SELECT failed, line FROM outbox"), key=repr)
-    db.close()
-    assert lines == [(0, f"x_c,instance=b,user=u count=2i {T0}"), (1, None)]
+    assert pending(path) == [
+        f"y_c,instance=b\\ c,user=u count=2i {T0}",
+        f"y_c,instance=b\\ c,user=a\\ b count=3i {T0}",
+    ]
+    assert aside(path) == [(T0, "c", None)]
+
+
+def test_a_tag_that_makes_a_series_unwritable_sets_its_queued_points_aside(tmp_path: Path) -> None:
+    count = Counter("c", "c", ("user",))
+    s = {("c", ("u",)): Series("p", count, ("u",), 0.0)}
+    path = tmp_path / "s.sqlite"
+    store = Store(path)
+    keys = LineKeys("x_", {})
+    store.prepare_outbox(1, keys.fingerprint, keys.series_key, 5000)
+    batch = Batch(series=dict(s))
+    batch.counter_deltas = {("c", ("u",), 1, T0): 2, ("c", ("u",), 1, T0 + 1): 1}
+    store.commit(batch, ["m1"], outbox_resolution=1)
+    store.close()
+    store = Store(path)
+    keys = LineKeys("x_", {"site": "trailing\\"})  # no longer writable: set aside
+    store.prepare_outbox(1, keys.fingerprint, keys.series_key, 5000)
+    store.close()
+    assert pending(path) == []
+    assert aside(path) == [(T0, "c", None), (T0 + 1, "c", None)]
+    store = Store(path)
+    keys = LineKeys("x_", {"site": "s"})  # writable again: queued again, with full counts
+    store.prepare_outbox(1, keys.fingerprint, keys.series_key, 5000)
+    store.close()
+    assert pending(path) == [
+        f"x_c,site=s,user=u count=2i {T0}",
+        f"x_c,site=s,user=u count=1i {T0 + 1}",
+    ]
+    assert aside(path) == []
 
 
 def test_a_schema_4_outbox_is_carried_over_and_lined(tmp_path: Path) -> None:
-    """A store written by the previous version, with points queued: they keep their place,
-    get their lines at the next start, and a queued row whose bucket is gone is set aside."""
+    """A store written by version 4, with points queued: they keep their place, get their
+    lines at the next start, and a queued row whose bucket is gone is dropped."""
     path = tmp_path / "s.sqlite"
     count = Counter("c", "c")
     store = Store(path)
@@ -168,7 +224,7 @@ def test_a_schema_4_outbox_is_carried_over_and_lined(tmp_path: Path) -> None:
     db = sqlite3.connect(path)  # back to schema 4, as version 4 wrote it
     db.executescript(
         f"""
-        DROP TABLE outbox; DROP TABLE influx_keys;
+        DROP TABLE outbox; DROP TABLE outbox_aside; DROP TABLE influx_keys;
         CREATE TABLE outbox (start INTEGER NOT NULL, series INTEGER NOT NULL,
             seq INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0,
             value NOT NULL, since REAL NOT NULL, PRIMARY KEY (start, series)) WITHOUT ROWID;
@@ -182,13 +238,47 @@ def test_a_schema_4_outbox_is_carried_over_and_lined(tmp_path: Path) -> None:
     db.close()
     store = Store(path)
     keys = LineKeys("x_", {})
-    store.prepare_outbox(1, keys.fingerprint, keys.series_key)
+    store.prepare_outbox(1, keys.fingerprint, keys.series_key, 5000)
     store.close()
-    assert queued_lines(path) == {
-        (T0, "c"): (0, f"x_c count=5i {T0}"),
-        (T0 + 1, "c"): (0, f"x_c count=6i {T0 + 1}"),
-        (T0 - 9, "c"): (1, None),  # its bucket is gone: nothing to send
-    }
+    assert pending(path) == [f"x_c count=5i {T0}", f"x_c count=6i {T0 + 1}"]
+    assert aside(path) == []  # T0 - 9: its bucket is gone, nothing to send
+
+
+def test_a_schema_6_outbox_is_carried_over_in_parts(tmp_path: Path) -> None:
+    """A store written by version 6 (a row per queued point, with its line): the queued lines
+    become parts, in time order; refused ones stay set aside, with their line."""
+    path = tmp_path / "s.sqlite"
+    count = Counter("c", "c", ("user",))
+    store = Store(path)
+    batch = Batch(series={("c", (u,)): Series("p", count, (u,), 0.0) for u in "ab"})
+    batch.counter_deltas = {("c", (u,), 1, T0): 1 for u in "ab"}
+    store.commit(batch, ["m1"])
+    store.close()
+    queued = [
+        (T0 + t, 1 + i, f"x_c,user={u} count=1i {T0 + t}")
+        for t in (1, 0)
+        for i, u in enumerate("ab")
+    ]
+    db = sqlite3.connect(path)
+    db.executescript(
+        f"""
+        DROP TABLE outbox; DROP TABLE outbox_aside;
+        CREATE TABLE outbox (start INTEGER NOT NULL, series INTEGER NOT NULL,
+            seq INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0,
+            since REAL NOT NULL, line TEXT, PRIMARY KEY (start, series)) WITHOUT ROWID;
+        CREATE INDEX outbox_failed ON outbox (failed) WHERE failed = 1;
+        INSERT INTO outbox VALUES ({T0 + 5}, 2, 3, 1, 1.0, 'x_c,user=b count=x {T0 + 5}');
+        INSERT INTO meta VALUES ('outbox_seq', '3');
+        UPDATE meta SET value = '6' WHERE key = 'schema_version';
+        """
+    )
+    db.executemany("INSERT INTO outbox VALUES (?, ?, 2, 0, 2.0, ?)", queued)
+    db.commit()
+    db.close()
+    Store(path).close()
+    assert Reader(path).outbox_state() == (4, 1, 2.0)
+    assert pending(path) == [line for *_, line in sorted(queued)]
+    assert aside(path) == [(T0 + 5, "c", f"x_c,user=b count=x {T0 + 5}")]
 
 
 def test_only_base_resolution_buckets_are_queued_and_sent_with_full_counts(open_store: Any) -> None:
@@ -206,7 +296,7 @@ def test_only_base_resolution_buckets_are_queued_and_sent_with_full_counts(open_
     assert f"statscache_messages,instance=t1 count=3i {T0}" in lines
     assert f"statscache_messages,instance=t1 count=1i {T0 + 1}" in lines
     assert all(line.rsplit(" ", 1)[1] in (str(T0), str(T0 + 1)) for line in lines)  # no 1m/1h
-    assert outbox_rows(p.store.path) == []
+    assert pending(p.store.path) == []
     assert sink.stats.points_written == len(lines)
 
 
@@ -228,14 +318,14 @@ def test_a_bucket_changed_while_its_batch_is_in_flight_is_sent_again(open_store:
         f"statscache_messages,instance=t1 count=2i {T0}",
         f"statscache_messages,instance=t1 count=1i {T0 + 3}",
     ]
-    assert len(outbox_rows(p.store.path)) == 6  # T0 and T0+3, three series each
+    assert len(pending(p.store.path)) == 6  # T0 and T0+3, three series each
 
 
 def test_reading_ahead_of_an_unacknowledged_batch(open_store: Any) -> None:
-    p = open_store(influxdb=influx_section())
+    p = open_store(influxdb=influx_section(batch_size=12))
     for i in range(10):
         p.handle(fedmsg(i, T0 + i))
-    p.flush()
+    p.flush()  # 30 points: parts of 12, 12 and 6
     outbox = Outbox(p.store.path)
     first = outbox.next_batch(12)
     assert first is not None
@@ -244,11 +334,20 @@ def test_reading_ahead_of_an_unacknowledged_batch(open_store: Any) -> None:
     rest = outbox.next_batch(100, after=second.last)
     assert rest is not None and outbox.next_batch(100, after=rest.last) is None
     assert [b.count for b in (first, second, rest)] == [12, 12, 6]
-    keys = [(p.start, p.series) for b in (first, second, rest) for p in outbox.points(b)]
-    assert len(keys) == 30 and keys == sorted(set(keys))
-    assert [b.body for b in (first, second, rest)] == [
-        "\n".join(p.line for p in outbox.points(b)) for b in (first, second, rest)
-    ]
+    assert [line for b in (first, second, rest) for line in b.lines()] == pending(p.store.path)
+    assert [int(line.rsplit(" ", 1)[1]) for line in pending(p.store.path)] == sorted(
+        T0 + i for i in range(10) for _ in range(3)
+    )
+
+
+def test_a_batch_is_whole_parts_up_to_the_limit_and_at_least_one(open_store: Any) -> None:
+    p = open_store(influxdb=influx_section(batch_size=12))
+    for i in range(10):
+        p.handle(fedmsg(i, T0 + i))
+    p.flush()  # parts of 12, 12 and 6
+    outbox = Outbox(p.store.path)
+    counts = [(b.count, len(b.lines())) for b in map(outbox.next_batch, (100, 30, 24, 23, 5))]
+    assert counts == [(30, 30), (30, 30), (24, 24), (12, 12), (12, 12)]
 
 
 def test_retry_after_and_exponential_backoff_with_nothing_lost(open_store: Any) -> None:
@@ -273,9 +372,9 @@ def test_retry_after_and_exponential_backoff_with_nothing_lost(open_store: Any) 
     assert all(w <= 8.0 for w in waits)  # never past retry_max
     assert sink._backoff == 8.0  # 1, 2, 4, 8, capped
     assert sink.stats.batches_failed == 5 and not sink.stats.connected
-    assert len(outbox_rows(p.store.path)) == 3  # volume, by category, by topic: all queued
+    assert len(pending(p.store.path)) == 3  # volume, by category, by topic: all queued
     assert sink.send_batch(outbox) == 3  # InfluxDB is back
-    assert outbox_rows(p.store.path) == [] and sink.stats.connected and sink._backoff == 0.0
+    assert pending(p.store.path) == [] and sink.stats.connected and sink._backoff == 0.0
 
 
 def test_a_refused_line_is_set_aside_and_the_rest_goes_through(open_store: Any) -> None:
@@ -288,12 +387,59 @@ def test_a_refused_line_is_set_aside_and_the_rest_goes_through(open_store: Any) 
     outbox = Outbox(p.store.path)
     while sink.send_batch(outbox) > 0:
         pass
-    refused = [r for r in outbox_rows(p.store.path) if r[2] == 1]
-    assert len(refused) == 8  # the eight seconds of category cat3
+    refused = aside(p.store.path)
+    assert [(start, metric) for start, metric, _ in refused] == [
+        (T0 + i, "messages_by_category") for i in range(3, 40, 5)
+    ]  # the eight seconds of category cat3, each with its line
+    assert all(line and "category=cat3" in line for *_, line in refused)
     assert sink.stats.points_refused == 8
-    assert [r for r in outbox_rows(p.store.path) if r[2] == 0] == []
+    assert pending(p.store.path) == []
     good_sent = {line for line in writer.lines() if "cat3" not in line}
     assert sum(1 for line in good_sent if line.startswith("statscache_messages,")) == 40
+
+
+def test_influxdb_going_away_while_a_refused_batch_is_split_keeps_it_queued(
+    open_store: Any,
+) -> None:
+    p = open_store(influxdb=influx_section(batch_size=64))
+    for i in range(8):
+        p.handle(fedmsg(i, T0 + i, f"org.fedoraproject.prod.cat{i % 4}.x"))
+    p.flush()  # 24 points, one part
+    before = pending(p.store.path)
+    refused = WriteResult(False, 400, bad_data=True, error="unable to parse")
+    down = WriteResult(False, error="ConnectionError: refused")
+    writer = Scripted([refused, WriteResult(True, 204), down])  # whole, first half, second half
+    sink = sink_for(p, writer)
+    outbox = Outbox(p.store.path)
+    assert sink.send_batch(outbox) == -1
+    assert pending(p.store.path) == before and aside(p.store.path) == []
+    assert sink.stats.batches_failed == 1 and not sink.stats.connected
+    writer.refuse = "category=cat3"  # InfluxDB is back; it still refuses those lines
+    assert sink.send_batch(outbox) == 24
+    assert pending(p.store.path) == []
+    assert [(start, metric) for start, metric, _ in aside(p.store.path)] == [
+        (T0 + 3, "messages_by_category"),
+        (T0 + 7, "messages_by_category"),
+    ]
+
+
+def test_a_bucket_changed_again_while_influxdb_is_away_ends_with_its_latest_count(
+    open_store: Any,
+) -> None:
+    """Each change is queued (the outbox keeps no bucket index to merge them into); they go
+    out in the order they were queued, so the last write of the point is its full count."""
+    p = open_store(influxdb=influx_section())
+    for i in range(3):
+        p.handle(fedmsg(i, T0 + 0.1 * i))
+        p.flush()
+    writer = Scripted([WriteResult(False, 503, error="unavailable")])
+    sink = sink_for(p, writer)
+    outbox = Outbox(p.store.path)
+    assert sink.send_batch(outbox) == -1
+    assert sink.drain(outbox) == 9
+    volume = [line for line in writer.lines() if line.startswith("statscache_messages,")]
+    assert volume[-3:] == [f"statscache_messages,instance=t1 count={n}i {T0}" for n in (1, 2, 3)]
+    assert pending(p.store.path) == []
 
 
 def test_the_outbox_is_bounded_and_the_overflow_counted(open_store: Any) -> None:
@@ -302,12 +448,12 @@ def test_the_outbox_is_bounded_and_the_overflow_counted(open_store: Any) -> None
     sink.stats.pending = 11  # as the sender last saw it
     p.handle(fedmsg(0, T0))
     p.flush()
-    assert outbox_rows(p.store.path) == []
+    assert pending(p.store.path) == []
     assert p.stats.outbox_overflow == 3  # volume, by category, by topic
     sink.stats.pending = 0
     p.handle(fedmsg(1, T0 + 5))
     p.flush()
-    assert len(outbox_rows(p.store.path)) == 3
+    assert len(pending(p.store.path)) == 3
 
 
 def test_retention_keeps_buckets_influxdb_has_not_acknowledged(open_store: Any) -> None:
@@ -340,7 +486,7 @@ def test_stop_gives_up_within_the_shutdown_timeout_when_influxdb_is_away(open_st
     started = time.monotonic()
     sink.stop()
     assert time.monotonic() - started < 10  # bounded: not the 30 s backoff
-    assert len(outbox_rows(p.store.path)) == 3  # still queued for the next start
+    assert len(pending(p.store.path)) == 3  # still queued for the next start
 
 
 @pytest.mark.parametrize(
@@ -384,7 +530,7 @@ def test_drain_sends_every_queued_line_once_and_empties_the_outbox(open_store: A
     assert sorted(int(line.rsplit(" ", 1)[1]) for line in lines) == sorted(
         T0 + i for i in range(20) for _ in range(3)
     )
-    assert outbox_rows(p.store.path) == [] and sink.stats.points_written == 60
+    assert pending(p.store.path) == [] and sink.stats.points_written == 60
 
 
 def test_drain_stops_at_a_failed_write_and_keeps_the_rest_queued(open_store: Any) -> None:
@@ -396,9 +542,9 @@ def test_drain_stops_at_a_failed_write_and_keeps_the_rest_queued(open_store: Any
     assert sink.drain(Outbox(p.store.path)) == -1
     # the first batch is acknowledged; the second failed; the third, read ahead, was not sent
     assert len(writer.batches) == 2
-    assert len(outbox_rows(p.store.path)) == 50
+    assert len(pending(p.store.path)) == 50
     assert sink.drain(Outbox(p.store.path)) == 50  # InfluxDB is back
-    assert outbox_rows(p.store.path) == []
+    assert pending(p.store.path) == []
     assert set(writer.lines()) >= set(writer.batches[1])
 
 
@@ -408,6 +554,6 @@ def test_drain_sets_a_refused_line_aside_and_goes_on(open_store: Any) -> None:
     writer = Scripted(refuse="category=cat3")
     sink = sink_for(p, writer)
     assert sink.drain(Outbox(p.store.path)) == 120
-    assert [r for r in outbox_rows(p.store.path) if r[2] == 0] == []
-    assert len([r for r in outbox_rows(p.store.path) if r[2] == 1]) == 8
+    assert pending(p.store.path) == []
+    assert len(aside(p.store.path)) == 8
     assert sink.stats.points_refused == 8
