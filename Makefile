@@ -65,7 +65,7 @@ bench: $(STAMP) test-deps $(DG_STAMP)
 	run memory; \
 	run latency; \
 	run metrics_render --repeat 3; \
-	run influx_write --points 300000; \
+	run influx_write; \
 	run amqp_consume --messages 2000; \
 	run backfill --messages 3000; \
 	echo "=== report" >&2; $(BIN)/python bench/report.py --dir $(BENCH_OUT); \
