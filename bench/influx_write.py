@@ -630,7 +630,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="start with the plain loop (default: ours first); later rounds alternate",
     )
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of both senders (default 3)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of both senders (default 5)")
     parser.add_argument("--seed", type=int, default=20240601, help="default 20240601")
     parser.add_argument("--influxd", default=shutil.which("influxd"), help="default: on PATH")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures here")
