@@ -1002,7 +1002,7 @@ def exporter_health() -> Json:
         ),
         timeseries(
             "Points waiting for InfluxDB",
-            "Buckets queued in the outbox: it grows while InfluxDB is away and drains once "
+            "Points queued in the outbox: it grows while InfluxDB is away and drains once "
             "it answers; message processing goes on meanwhile.",
             "short",
             [prom(m("influxdb_pending_points"), by_instance)],

@@ -234,10 +234,14 @@ class SelfMetrics:
         # counted now, on a connection of this thread: right even while a write hangs
         pending, failed, oldest = Reader(self.pipeline.store.path).outbox_state()
         gauges: list[tuple[str, str, float]] = [
-            ("influxdb_pending_points", "Buckets queued for InfluxDB", pending),
+            (
+                "influxdb_pending_points",
+                "Points queued for InfluxDB (a bucket changed again meanwhile is queued again)",
+                pending,
+            ),
             (
                 "influxdb_failed_points",
-                "Buckets set aside: refused by InfluxDB, or tags line protocol cannot carry",
+                "Points set aside: refused by InfluxDB, or tags line protocol cannot carry",
                 failed,
             ),
             ("influxdb_up", "1 if the last write to InfluxDB went through", float(s.connected)),
@@ -245,7 +249,7 @@ class SelfMetrics:
         if oldest is not None:
             age = max(0.0, self.clock() - oldest)
             gauges.append(
-                ("influxdb_oldest_pending_age_seconds", "Age of the oldest queued bucket", age)
+                ("influxdb_oldest_pending_age_seconds", "Age of the oldest queued point", age)
             )
         for name, help, level in gauges:
             yield self._family("gauge", name, help, [], [((), level)])
