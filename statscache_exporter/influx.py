@@ -384,6 +384,9 @@ class InfluxSink:
             if split is not None:
                 good, refused = split
                 outbox.acknowledge_batch(batch, refused)
+                for line in refused:
+                    log.error("InfluxDB refused a point, set aside (it is in the store): %s", line)
+                self.stats.points_refused += len(refused)
                 self._sent(len(good))
                 return batch.count
             result = WriteResult(False, error="InfluxDB went away while a refused batch was split")
@@ -408,8 +411,6 @@ class InfluxSink:
         refused), or None if InfluxDB went away meanwhile (the batch stays queued, to be split
         again). A good line written twice on the way is harmless: it overwrites itself."""
         if len(lines) == 1:
-            self.stats.points_refused += 1
-            log.error("InfluxDB refused a point, set aside (it is in the store): %s", lines[0])
             return [], [lines[0]]
         half = len(lines) // 2
         first = self._bisect_half(lines[:half])

@@ -398,29 +398,44 @@ def test_a_refused_line_is_set_aside_and_the_rest_goes_through(open_store: Any) 
     assert sum(1 for line in good_sent if line.startswith("statscache_messages,")) == 40
 
 
+class GoesAway(Scripted):
+    """Refuses lines with ``refuse`` in them, and goes away once it has refused a line on
+    its own, until ``back`` is set."""
+
+    back = False
+
+    def write(self, body: str) -> WriteResult:
+        if not self.back and any(len(b) == 1 and self.refuse in b[0] for b in self.batches):
+            self.batches.append(body.split("\n"))
+            return WriteResult(False, error="ConnectionError: refused")
+        return super().write(body)
+
+
 def test_influxdb_going_away_while_a_refused_batch_is_split_keeps_it_queued(
     open_store: Any,
 ) -> None:
     p = open_store(influxdb=influx_section(batch_size=64))
     for i in range(8):
         p.handle(fedmsg(i, T0 + i, f"org.fedoraproject.prod.cat{i % 4}.x"))
-    p.flush()  # 24 points, one part
+    p.flush()  # 24 points, one part, in time order: cat3 at T0 + 3 (first half), T0 + 7
     before = pending(p.store.path)
-    refused = WriteResult(False, 400, bad_data=True, error="unable to parse")
-    down = WriteResult(False, error="ConnectionError: refused")
-    writer = Scripted([refused, WriteResult(True, 204), down])  # whole, first half, second half
+    cat3 = [line for line in before if "category=cat3" in line]
+    writer = GoesAway(refuse="category=cat3")
     sink = sink_for(p, writer)
     outbox = Outbox(p.store.path)
-    assert sink.send_batch(outbox) == -1
+    assert sink.send_batch(outbox) == -1  # T0 + 3's line found alone, then InfluxDB left
+    assert [cat3[0]] in writer.batches
     assert pending(p.store.path) == before and aside(p.store.path) == []
     assert sink.stats.batches_failed == 1 and not sink.stats.connected
-    writer.refuse = "category=cat3"  # InfluxDB is back; it still refuses those lines
+    assert sink.stats.points_refused == 0  # nothing set aside yet
+    writer.back = True
     assert sink.send_batch(outbox) == 24
     assert pending(p.store.path) == []
-    assert [(start, metric) for start, metric, _ in aside(p.store.path)] == [
-        (T0 + 3, "messages_by_category"),
-        (T0 + 7, "messages_by_category"),
+    assert aside(p.store.path) == [
+        (T0 + 3, "messages_by_category", cat3[0]),
+        (T0 + 7, "messages_by_category", cat3[1]),
     ]
+    assert sink.stats.points_refused == 2  # each once, though T0 + 3 was refused twice
 
 
 def test_a_bucket_changed_again_while_influxdb_is_away_ends_with_its_latest_count(
