@@ -53,7 +53,11 @@ from statscache_exporter.web import App, Context, WebServer
 
 log = logging.getLogger(__name__)
 
-QUEUE_SIZE = 10_000
+#: messages handed over by the sources and not yet taken by the pipeline thread, at most; a
+#: source waits while it is full. A decoded message holds about 5 KB of Python objects: 1,000
+#: are ~5 MB and a few tenths of a second of the pipeline's work (10,000 were ~50 MB of peak
+#: memory during a replay, bench/memory.py).
+QUEUE_SIZE = 1_000
 #: put in the queue to wake the pipeline thread (see Daemon.request_stop)
 _WAKE = object()
 #: how long the sources get to close after the final flush

@@ -52,29 +52,50 @@ def label_string(names: tuple[str, ...], values: tuple[str, ...]) -> str:
 
 @dataclass
 class Family:
-    """One metric's series: values, rendered lines, and when each last changed."""
+    """One metric's series: each one's rendered sample line, and, only where they are used,
+    when it was first seen (``_created`` series) and when it last changed (idle TTL). The
+    label string and the value are read back from the line: at 100k series, a dict of each
+    would cost about 10 MB for what the lines already hold. Lines are kept encoded, so a
+    render joins them into the body with no text of the whole exposition on the way."""
 
     name: str  # prefixed, without _total
     declaration: Declaration
     ttl: float | None
-    labels: dict[tuple[str, ...], str] = field(default_factory=dict)  # label string per series
-    values: dict[tuple[str, ...], float] = field(default_factory=dict)
-    lines: dict[tuple[str, ...], str] = field(default_factory=dict)
+    keep_created: bool = False
+    lines: dict[tuple[str, ...], bytes] = field(default_factory=dict)
     created: dict[tuple[str, ...], float] = field(default_factory=dict)
     changed: dict[tuple[str, ...], float] = field(default_factory=dict)
+    sample_name: str = field(init=False)
 
-    @property
-    def sample_name(self) -> str:
-        return self.name + "_total" if self.declaration.kind == "counter" else self.name
+    def __post_init__(self) -> None:
+        counter = self.declaration.kind == "counter"
+        self.sample_name = self.name + "_total" if counter else self.name
 
     def set(self, labels: tuple[str, ...], value: float, created: float, now: float) -> None:
-        label_str = self.labels.get(labels)
-        if label_str is None:
-            label_str = self.labels[labels] = label_string(self.declaration.labels, labels)
-            self.created[labels] = created
-        self.values[labels] = value
-        self.lines[labels] = f"{self.sample_name}{label_str} {go_float(value)}\n"
-        self.changed[labels] = now
+        line = self.lines.get(labels)
+        if line is None:
+            label_str = label_string(self.declaration.labels, labels)
+            if self.keep_created:
+                self.created[labels] = created
+        else:
+            label_str = line[len(self.sample_name) : line.rindex(b" ")].decode()
+        self.lines[labels] = f"{self.sample_name}{label_str} {go_float(value)}\n".encode()
+        if self.ttl is not None:
+            self.changed[labels] = now
+
+    def label_str(self, labels: tuple[str, ...]) -> str:
+        """``{a="1",b="2"}`` of a series (its sample line is ``<name><labels> <value>``; the
+        value has no space)."""
+        line = self.lines[labels]
+        return line[len(self.sample_name) : line.rindex(b" ")].decode()
+
+    def created_line(self, labels: tuple[str, ...]) -> bytes:
+        created = go_float(self.created[labels])
+        return f"{self.name}_created{self.label_str(labels)} {created}\n".encode()
+
+    def value(self, labels: tuple[str, ...]) -> float:
+        line = self.lines[labels]
+        return float(line[line.rindex(b" ") + 1 : -1])  # Go's forms (+Inf, NaN) parse too
 
     def visible(self, now: float) -> Iterator[tuple[str, ...]]:
         if self.ttl is None:
@@ -102,7 +123,7 @@ class Exposition:
         self._generation = 0
         self._cache: dict[tuple[str, bool], tuple[tuple[int, int], bytes]] = {}
         self.families = {
-            name: Family(prefix + name, decl, (ttls or {}).get(name))
+            name: Family(prefix + name, decl, (ttls or {}).get(name), created_series)
             for name, (_, decl) in metrics.items()
         }
         self._any_ttl = any(f.ttl is not None for f in self.families.values())
@@ -138,45 +159,51 @@ class Exposition:
             return cached[1]
         with self._lock:
             version = (self._generation, epoch)
-            if compressed:
-                body = gzip.compress(self.render(fmt), compresslevel=1, mtime=0)
-            else:
+            plain = self._cache.get((fmt, False))
+            if plain is not None and plain[0] == version:
+                body = plain[1]
+            else:  # not cached on the way to gzip: scrapers that gzip never ask for it
                 render = self._render_openmetrics if fmt == OPENMETRICS else self._render_text
-                body = render(now).encode("utf-8")
+                body = render(now)
+            if compressed:
+                body = gzip.compress(body, compresslevel=1, mtime=0)
+            # bodies of an older version are never served again: let them go now
+            self._cache = {k: v for k, v in self._cache.items() if v[0] == version}
             self._cache[(fmt, compressed)] = (version, body)
             return body
 
-    def _render_text(self, now: float) -> str:
-        out: list[str] = []
+    def _render_text(self, now: float) -> bytes:
+        out: list[bytes] = []
         for f in self.families.values():
             help_text = f.declaration.help.replace("\\", r"\\").replace("\n", r"\n")
             kind = f.declaration.kind
-            out.append(f"# HELP {f.sample_name} {help_text}\n# TYPE {f.sample_name} {kind}\n")
+            out.append(
+                f"# HELP {f.sample_name} {help_text}\n# TYPE {f.sample_name} {kind}\n".encode()
+            )
             keys = list(f.visible(now))
             lines = f.lines
             out.extend(lines[k] for k in keys)
             if self.created_series and kind == "counter" and keys:
                 # prometheus-client writes the _created family only when it has samples
-                out.append(f"# HELP {f.name}_created {help_text}\n")
-                out.append(f"# TYPE {f.name}_created gauge\n")
-                out.extend(
-                    f"{f.name}_created{f.labels[k]} {go_float(f.created[k])}\n" for k in keys
-                )
-        return "".join(out)
+                out.append(f"# HELP {f.name}_created {help_text}\n".encode())
+                out.append(f"# TYPE {f.name}_created gauge\n".encode())
+                out.extend(f.created_line(k) for k in keys)
+        return b"".join(out)
 
-    def _render_openmetrics(self, now: float) -> str:
-        out: list[str] = []
+    def _render_openmetrics(self, now: float) -> bytes:
+        out: list[bytes] = []
         for f in self.families.values():
             help_text = escape_label_value(f.declaration.help)
-            out.append(f"# HELP {f.name} {help_text}\n# TYPE {f.name} {f.declaration.kind}\n")
+            head = f"# HELP {f.name} {help_text}\n# TYPE {f.name} {f.declaration.kind}\n"
+            out.append(head.encode())
             lines = f.lines
             if self.created_series and f.declaration.kind == "counter":
                 for k in f.visible(now):
                     out.append(lines[k])
-                    out.append(f"{f.name}_created{f.labels[k]} {go_float(f.created[k])}\n")
+                    out.append(f.created_line(k))
             else:
                 out.extend(lines[k] for k in f.visible(now))
-        return "".join(out)
+        return b"".join(out)
 
     # --- the Collector protocol ----------------------------------------------------------
 
@@ -185,7 +212,7 @@ class Exposition:
         now = self.clock()
         with self._lock:
             snapshot = [
-                (f, [(k, f.values[k], f.created[k]) for k in f.visible(now)])
+                (f, [(k, f.value(k), f.created.get(k, 0.0)) for k in f.visible(now)])
                 for f in self.families.values()
             ]
         for f, samples in snapshot:
@@ -205,4 +232,4 @@ class Exposition:
 
     def series_count(self) -> dict[str, int]:
         with self._lock:
-            return {name: len(f.values) for name, f in self.families.items()}
+            return {name: len(f.lines) for name, f in self.families.items()}
