@@ -503,7 +503,7 @@ def _check_http(http: HttpConfig) -> None:
 
 
 def _check_prometheus(config: Config) -> None:
-    if not _PREFIX.match(config.prometheus.prefix):
+    if not _PREFIX.fullmatch(config.prometheus.prefix):
         raise ConfigError(
             f"prometheus.prefix: {config.prometheus.prefix!r} must match {_PREFIX.pattern}"
         )

@@ -186,7 +186,7 @@ def validate_class(cls: Any, origin: str) -> type[Plugin]:
         raise PluginError(f"{origin}: {cls!r} is not a subclass of statscache_exporter.Plugin")
     ident = getattr(cls, "ident", None)
     where = f"plugin {ident!r} ({origin})"
-    if not isinstance(ident, str) or not _IDENT.match(ident):
+    if not isinstance(ident, str) or not _IDENT.fullmatch(ident):
         raise PluginError(f"{origin}: ident {ident!r} must match {_IDENT.pattern}")
     for attr in ("name", "summary"):
         if not isinstance(getattr(cls, attr, None), str):
@@ -208,7 +208,7 @@ def _validate_metrics(metrics: Any, where: str) -> None:
     for m in metrics:
         if not isinstance(m, Metric):
             raise PluginError(f"{where}: {m!r} is not a Counter() or Gauge() declaration")
-        if not _METRIC_NAME.match(m.name) or m.name.endswith(("_total", "_created")):
+        if not _METRIC_NAME.fullmatch(m.name) or m.name.endswith(("_total", "_created")):
             raise PluginError(
                 f"{where}: metric name {m.name!r} must match {_METRIC_NAME.pattern} and not "
                 "end in _total or _created (the exporter adds those)"
@@ -221,7 +221,7 @@ def _validate_metrics(metrics: Any, where: str) -> None:
         if len(set(m.labels)) != len(m.labels):
             raise PluginError(f"{where}: metric {m.name!r} repeats a label name")
         for label in m.labels:
-            if not _LABEL_NAME.match(label) or label in RESERVED_LABELS:
+            if not _LABEL_NAME.fullmatch(label) or label in RESERVED_LABELS:
                 raise PluginError(
                     f"{where}: label {label!r} of {m.name!r} must match {_LABEL_NAME.pattern} "
                     f"and not be one of {sorted(RESERVED_LABELS)}"

@@ -347,6 +347,10 @@ def test_unknown_nested_key() -> None:
             "messages.schemas: expected true or false, got a string ('yes')",
         ),
         ({"store": {"path": 5}}, "store.path: expected a string, got a number (5)"),
+        (
+            {"prometheus": {"prefix": "statscache_\n"}},
+            "prometheus.prefix: 'statscache_\\n' must match ^([a-zA-Z_][a-zA-Z0-9_]*)?$",
+        ),
         ({"store": {"path": None}}, "store.path: expected a string, got nothing (null)"),
         ({"store": "x"}, "store: expected a mapping, got a string ('x')"),
         ({"plugins": []}, "plugins: expected a mapping, got a list"),
