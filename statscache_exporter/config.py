@@ -458,7 +458,7 @@ def _check_endpoint(endpoint: str, path: str) -> None:
     """A ZeroMQ endpoint to connect to: tcp://host:port (or ipc://path)."""
     if endpoint.startswith("ipc://") and len(endpoint) > len("ipc://"):
         return
-    match = _TCP_ENDPOINT.match(endpoint)
+    match = _TCP_ENDPOINT.fullmatch(endpoint)
     if match is None or not 0 < int(match.group(2)) < 65536:
         raise ConfigError(
             f"{path}: {endpoint!r} is not a ZeroMQ endpoint to connect to: give "
@@ -530,8 +530,9 @@ def _check_influx(influx: InfluxConfig) -> None:
             if not getattr(influx, key):
                 raise ConfigError(f"influxdb.{key}: required in mode v2")
     for key in influx.tags:
-        if not _TAG_KEY.match(key):
-            raise ConfigError(f"influxdb.tags.{key}: a tag key must match {_TAG_KEY.pattern}")
+        if not _TAG_KEY.fullmatch(key):
+            where = f"influxdb.tags.{key}" if key.isprintable() else f"influxdb.tags[{key!r}]"
+            raise ConfigError(f"{where}: a tag key must match {_TAG_KEY.pattern}")
     if not 1 <= influx.batch_size <= 100_000:
         raise ConfigError("influxdb.batch_size: must be between 1 and 100000")
     if influx.max_pending < influx.batch_size:

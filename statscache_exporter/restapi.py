@@ -336,7 +336,7 @@ def _json_response(
 
 def _check_callback(params: Mapping[str, Sequence[str]]) -> str | None:
     callback = _one(params, "callback")
-    if callback is not None and not _CALLBACK.match(callback):
+    if callback is not None and not _CALLBACK.fullmatch(callback):
         raise ApiError(
             400, "callback must be a JavaScript name (letters, digits, _ $ .)", "callback"
         )
@@ -345,7 +345,7 @@ def _check_callback(params: Mapping[str, Sequence[str]]) -> str | None:
 
 def _safe_callback(params: Mapping[str, Sequence[str]]) -> bool:
     values = params.get("callback") or []
-    return len(values) == 1 and bool(_CALLBACK.match(values[0]))
+    return len(values) == 1 and bool(_CALLBACK.fullmatch(values[0]))
 
 
 def _csv(header: list[str], rows: list[list[Any]]) -> bytes:

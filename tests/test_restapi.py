@@ -362,6 +362,7 @@ def test_index_as_jsonp(multi_app: App) -> None:
         assert out_headers["content-type"] == "application/javascript; charset=utf-8"
         assert body == b"cb(" + plain + b");"
     assert_error(multi_app, "/api/?callback=alert(1)", 400, "callback")
+    assert_error(multi_app, "/api/?callback=cb%0A", 400, "callback")
 
 
 # --- GET /api/<ident>: rows and resolutions -----------------------------------------------------

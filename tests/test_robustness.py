@@ -394,6 +394,16 @@ CONFIG_MISTAKES: dict[str, tuple[dict[str, Any], str, tuple[str, ...]]] = {
         "sources[0].endpoints[1]",
         ("'tcp://no-port-here' is not a ZeroMQ endpoint", "tcp://host:port"),
     ),
+    "zeromq-endpoint-with-a-newline": (
+        {"sources": [{"type": "fedmsg", "endpoints": ["tcp://hub:9940\n"]}]},
+        "sources[0].endpoints[0]",
+        ("is not a ZeroMQ endpoint",),
+    ),
+    "influxdb-tag-key-with-a-newline": (
+        {"influxdb": {"enabled": True, "tags": {"instance\n": "a"}}},
+        "influxdb.tags['instance\\n']",
+        ("a tag key must match",),
+    ),
     "bad-url-influxdb-no-host": (
         {"influxdb": {"enabled": True, "url": "http://"}},
         "influxdb.url",

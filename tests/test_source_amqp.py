@@ -188,6 +188,23 @@ def test_the_fedora_public_profile_takes_the_certificates_from_the_first_directo
     assert plain == Settings("amqp://h/%2F", "")
 
 
+@pytest.mark.parametrize(
+    ("queue", "warned"),
+    [
+        ("00000000-0000-0000-0000-000000000000", False),
+        ("00000000-0000-0000-0000-000000000000\n", True),
+        ("my-queue", True),
+    ],
+    ids=repr,
+)
+def test_a_public_broker_queue_not_named_by_a_uuid_is_warned_of(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, queue: str, warned: bool
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="statscache_exporter.sources.amqp"):
+        AmqpSource(source_config(profile="fedora-public", queue=queue), dirs=(tmp_path,))
+    assert ("UUID format" in caplog.text) is warned
+
+
 def test_missing_profile_files_are_reported_as_the_reason_and_retried(tmp_path: Path) -> None:
     source = AmqpSource(source_config(profile="fedora-public"), dirs=(tmp_path,))
     rec = Recorder()

@@ -413,7 +413,7 @@ class AmqpSource:
         pika_log = logging.getLogger("pika")
         if pika_log.level == logging.NOTSET:
             pika_log.setLevel(logging.CRITICAL)
-        if config.profile == "fedora-public" and config.queue and not _UUID.match(config.queue):
+        if config.profile == "fedora-public" and config.queue and not _UUID.fullmatch(config.queue):
             log.warning(
                 "source %s: Fedora's public broker wants queue names in the UUID format "
                 "(fedora-messaging's fedora.toml); %r may be refused",
