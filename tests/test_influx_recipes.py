@@ -149,20 +149,14 @@ def normalise(name: str, result: Any) -> Any:
         return {s["tags"]["instance"]: s["values"][0][1] for s in series}
     if name == "koji builds by new state, last week":
         return {s["tags"]["state"]: s["values"][0][1] for s in series}
-    if "by owner" in name:
-        return {
-            (s["tags"]["owner"], row[0]): row[1]
-            for s in series
-            for row in s["values"]
-            if row[1] is not None
-        }
-    if "by category" in name:
-        return {
-            (s["tags"]["category"], row[0]): row[1]
-            for s in series
-            for row in s["values"]
-            if row[1] is not None
-        }
+    for tag in ("owner", "category"):
+        if f"by {tag}" in name:
+            return {
+                (s["tags"][tag], row[0]): row[1]
+                for s in series
+                for row in s["values"]
+                if row[1] is not None
+            }
     (s,) = series
     return {row[0]: row[1] for row in s["values"] if row[1] is not None}
 
