@@ -27,7 +27,8 @@ from statscache_exporter import __version__, logs
 from statscache_exporter import config as configuration
 from statscache_exporter.config import Config, ConfigError
 from statscache_exporter.plugin import PluginError, discover
-from statscache_exporter.store import Reader, StoreError
+from statscache_exporter.reader import Reader
+from statscache_exporter.store import StoreError
 
 log = logging.getLogger("statscache_exporter")
 

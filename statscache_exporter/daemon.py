@@ -45,10 +45,10 @@ from statscache_exporter.config import (
 from statscache_exporter.exposition import Exposition
 from statscache_exporter.influx import InfluxSink
 from statscache_exporter.pipeline import Pipeline, influx_sink_for, open_pipeline, series_ttls
+from statscache_exporter.reader import Reader
 from statscache_exporter.selfmetrics import SelfMetrics
 from statscache_exporter.sources import Ack, Source, SourceContext
 from statscache_exporter.sources.replay import ReplaySource
-from statscache_exporter.store import Reader
 from statscache_exporter.web import App, Context, WebServer
 
 log = logging.getLogger(__name__)

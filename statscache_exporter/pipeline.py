@@ -172,6 +172,7 @@ class Pipeline:
         self.histories: dict[str, PluginHistory] = self._register_plugins()
         self._plugin_ids: dict[str, set[str]] = {}
         self._plugin_covered: dict[str, float] = {}
+        self._resume: dict[str, str] = {}
 
     def _register_plugins(self) -> dict[str, PluginHistory]:
         """Record the plugins running for the first time on this store; one added to a store
@@ -352,6 +353,12 @@ class Pipeline:
             if until > self._plugin_covered.get(ident, float("-inf")):
                 self._plugin_covered[ident] = until
 
+    def resume(self, name: str, position: str) -> None:
+        """A reader (e.g. an import) has handed over every message up to ``position`` (its own
+        text); the next flush commits it with their counts, so :meth:`Store.resume_point`
+        never names a place past what is stored, nor before it."""
+        self._resume[name] = position
+
     def flush_due(self) -> bool:
         return self.clock() - self._last_flush >= self._flush_every
 
@@ -371,6 +378,7 @@ class Pipeline:
             and self._covered_until is None
             and not self._plugin_ids
             and not self._plugin_covered
+            and not self._resume
         ):
             return None
         queue_at = self.outbox_resolution
@@ -390,6 +398,7 @@ class Pipeline:
                 outbox_resolution=queue_at,
                 plugin_ids=self._plugin_ids,
                 plugin_covered=self._plugin_covered,
+                resume=self._resume,
             )
         except StoreError:
             self.aggregator.requeue(batch)
@@ -399,6 +408,7 @@ class Pipeline:
         self._plugin_ids = {}
         self._history_covered(self._plugin_covered)
         self._plugin_covered = {}
+        self._resume = {}
         if result.late_unqueued:
             self.stats.outbox_late += result.late_unqueued
             log.warning(

@@ -25,7 +25,7 @@ from urllib.parse import urlencode
 
 from statscache_exporter.config import ConfigError, format_duration, parse_duration
 from statscache_exporter.plugin import Plugin
-from statscache_exporter.store import BucketQuery, Reader
+from statscache_exporter.reader import BucketQuery, Reader
 
 JSON_TYPES = ("application/json", "text/json")
 JSONP_TYPES = ("application/javascript", "text/javascript")

@@ -18,7 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from statscache_exporter.backfill import BackfillStats
 from statscache_exporter.influx import InfluxSink
 from statscache_exporter.pipeline import Pipeline
-from statscache_exporter.store import Reader
+from statscache_exporter.reader import Reader
 
 
 def store_size(path: Path) -> int:

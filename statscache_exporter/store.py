@@ -41,10 +41,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from statscache_exporter.aggregate import Batch, GaugeValue, Series, SeriesKey
-from statscache_exporter.outbox import outbox_state
 from statscache_exporter.plugin import Metric
 
 SCHEMA_VERSION = 7
@@ -430,6 +428,15 @@ class Store:
             )
         ]
 
+    def resume_point(self, name: str) -> str | None:
+        """Where the reader ``name`` (e.g. one import) had got to at the last committed flush:
+        the text it gave :meth:`~statscache_exporter.pipeline.Pipeline.resume`, committed with
+        the counts of the messages before it."""
+        row = self.db.execute(
+            "SELECT value FROM meta WHERE key = ?", (f"resume:{name}",)
+        ).fetchone()
+        return str(row[0]) if row else None
+
     def covered_until(self) -> datetime | None:
         """The time up to which every message is known to be processed, if any."""
         row = self.db.execute("SELECT value FROM meta WHERE key = 'covered_until'").fetchone()
@@ -476,10 +483,12 @@ class Store:
         outbox_resolution: int | None = None,
         plugin_ids: Mapping[str, Iterable[str]] | None = None,
         plugin_covered: Mapping[str, float] | None = None,
+        resume: Mapping[str, str] | None = None,
     ) -> FlushResult:
         """Write one flush in one transaction; on any error nothing of it is written.
         ``plugin_ids``: plugin → ids counted for it alone; ``plugin_covered``: plugin → how
-        far its own history is now fetched (see :class:`PluginHistory`)."""
+        far its own history is now fetched (see :class:`PluginHistory`); ``resume``: name →
+        a reader's resume point (see :meth:`resume_point`)."""
         ids = list(message_ids)
         now = time.time()
         new_keys = [key for key in batch.series if key not in self._series_ids]
@@ -522,6 +531,12 @@ class Store:
                     self._advance_checkpoint(db, covered_until)
                 if plugin_ids or plugin_covered:
                     self._advance_plugins(db, plugin_ids or {}, plugin_covered or {})
+                if resume:
+                    db.executemany(
+                        "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
+                        "SET value = excluded.value",
+                        ((f"resume:{name}", value) for name, value in resume.items()),
+                    )
         except sqlite3.Error as exc:
             for key in new_keys:  # their ids were rolled back with the transaction
                 self._series_ids.pop(key, None)
@@ -754,82 +769,3 @@ class Store:
                 (metric,),
             )
         )
-
-
-@dataclass(frozen=True, slots=True)
-class BucketQuery:
-    """Which bucket rows the REST API asks for; labels: name → accepted values (OR)."""
-
-    plugin: str
-    resolution: int
-    start: int
-    stop: int
-    metrics: tuple[str, ...] = ()
-    labels: Mapping[str, tuple[str, ...]] | None = None
-    descending: bool = True
-
-
-class Reader:
-    """Read-only queries, for the HTTP threads: each call opens its own connection, so a
-    reader never shares one with the pipeline thread (WAL lets both run at once)."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        # a URI, for mode=ro; '?', '#' and '%' in the path must be percent-encoded in it
-        uri = f"file:{quote(str(self.path.absolute()))}?mode=ro"
-        db = sqlite3.connect(uri, uri=True, timeout=10)
-        try:
-            yield db
-        finally:
-            db.close()
-
-    @staticmethod
-    def _where(q: BucketQuery) -> tuple[str, list[Any]]:
-        clauses = ["s.plugin = ?", "b.resolution = ?", "b.start >= ?", "b.start <= ?"]
-        params: list[Any] = [q.plugin, q.resolution, q.start, q.stop]
-        if q.metrics:
-            clauses.append(f"s.metric IN ({','.join('?' * len(q.metrics))})")
-            params.extend(q.metrics)
-        for name, values in (q.labels or {}).items():
-            clauses.append(f"json_extract(s.labels, ?) IN ({','.join('?' * len(values))})")
-            params.append(f'$."{name}"')
-            params.extend(values)
-        return " AND ".join(clauses), params
-
-    def outbox_state(self) -> tuple[int, int, float | None]:
-        """The InfluxDB outbox as it is now: (pending, failed, oldest pending's queue time)."""
-        with self._connect() as db:
-            return outbox_state(db)
-
-    def ping(self) -> None:
-        """Raise if the store cannot be opened and read."""
-        with self._connect() as db:
-            db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-
-    def count(self, q: BucketQuery) -> int:
-        where, params = self._where(q)
-        with self._connect() as db:
-            row = db.execute(
-                f"SELECT count(*) FROM buckets b JOIN series s ON s.id = b.series WHERE {where}",
-                params,
-            ).fetchone()
-        return int(row[0])
-
-    def rows(
-        self, q: BucketQuery, offset: int, limit: int
-    ) -> list[tuple[int, str, dict[str, str], float]]:
-        """(bucket start, metric, labels, value), by start then metric and labels, so that
-        pages are stable."""
-        where, params = self._where(q)
-        direction = "DESC" if q.descending else "ASC"
-        with self._connect() as db:
-            found = db.execute(
-                f"SELECT b.start, s.metric, s.labels, b.value FROM buckets b "
-                f"JOIN series s ON s.id = b.series WHERE {where} "
-                f"ORDER BY b.start {direction}, s.metric, s.labels LIMIT ? OFFSET ?",
-                [*params, limit, offset],
-            ).fetchall()
-        return [(start, name, json.loads(labels), value) for start, name, labels, value in found]

@@ -36,8 +36,8 @@ from statscache_exporter.config import HttpConfig
 from statscache_exporter.exposition import OPENMETRICS, TEXT, Exposition
 from statscache_exporter.pipeline import Pipeline
 from statscache_exporter.plugin import Plugin
+from statscache_exporter.reader import Reader
 from statscache_exporter.selfmetrics import SelfMetrics, store_size
-from statscache_exporter.store import Reader
 
 log = logging.getLogger(__name__)
 

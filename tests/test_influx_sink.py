@@ -18,7 +18,8 @@ from statscache_exporter.influx import InfluxSink, LineKeys, WriteResult
 from statscache_exporter.outbox import Outbox
 from statscache_exporter.pipeline import influx_sink_for
 from statscache_exporter.plugin import Counter, Gauge
-from statscache_exporter.store import Reader, Store
+from statscache_exporter.reader import Reader
+from statscache_exporter.store import Store
 
 T0 = 1_700_000_000
 

@@ -112,6 +112,31 @@ def test_restart_goes_on_from_stored_totals(open_store: Any) -> None:
     assert second.aggregator.totals == whole.aggregator.totals
 
 
+def test_a_resume_point_is_committed_with_the_flush_and_only_with_it(open_store: Any) -> None:
+    """A reader's resume point lands in the same transaction as the counts before it: a flush
+    that fails leaves the old one, and a pipeline closed without flushing left none."""
+    msgs = unique_by_id(corpus_messages())[:3]
+    p = open_store("resume.sqlite")
+    assert p.store.resume_point("import") is None
+    p.handle(msgs[0])
+    p.resume("import", "after-0")
+    assert p.store.resume_point("import") is None  # not before the flush
+    p.flush()
+    assert p.store.resume_point("import") == "after-0"
+    p.handle(msgs[1])
+    p.resume("import", "after-1")
+    p.store.db.execute(
+        "CREATE TRIGGER fail BEFORE INSERT ON seen BEGIN SELECT RAISE(FAIL, 'x'); END"
+    )
+    with pytest.raises(StoreError):
+        p.flush()
+    assert p.store.resume_point("import") == "after-0"
+    p.store.db.execute("DROP TRIGGER fail")
+    p.flush()  # the failed flush's batch, resume point included, goes with the next
+    assert p.store.resume_point("import") == "after-1"
+    assert p.store.resume_point("other") is None
+
+
 # --- plugin isolation ------------------------------------------------------------------------
 
 
