@@ -34,16 +34,24 @@ import dataclasses
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from statscache_exporter import message as messages
-from statscache_exporter.aggregate import Aggregator, Batch
+from statscache_exporter.aggregate import Aggregator, Batch, SeriesKey
 from statscache_exporter.config import Config, ConfigError, build, format_duration
 from statscache_exporter.message import Message, Rejected
-from statscache_exporter.plugin import Metric, Output, Plugin, PluginError, check_unique_metrics
+from statscache_exporter.plugin import (
+    Metric,
+    Output,
+    Plugin,
+    PluginError,
+    check_topics,
+    check_unique_metrics,
+)
+from statscache_exporter.routing import Router
 from statscache_exporter.store import FlushResult, PluginHistory, Store, StoreError
 
 if TYPE_CHECKING:
@@ -123,12 +131,26 @@ def enabled_plugins(config: Config, available: Mapping[str, type[Plugin]]) -> li
 class _Runner:
     """One plugin, wrapped: a reused Output checked against its declarations."""
 
-    __slots__ = ("ident", "out", "plugin")
+    __slots__ = ("ident", "out", "plugin", "process")
 
-    def __init__(self, plugin: Plugin) -> None:
+    def __init__(self, plugin: Plugin, known: Container[SeriesKey]) -> None:
         self.plugin = plugin
         self.ident = type(plugin).ident
-        self.out = Output(self.ident, {m.name: m for m in type(plugin).metrics})
+        self.out = Output(self.ident, {m.name: m for m in type(plugin).metrics}, known)
+        self.process = plugin.process
+
+
+def _router(runners: Sequence[_Runner]) -> Router[_Runner]:
+    """Which runners read each topic, from each plugin's own patterns."""
+    targets = []
+    for runner in runners:
+        where = f"plugin {runner.ident!r}"
+        try:
+            patterns = runner.plugin.reads()
+        except Exception as exc:
+            raise PluginError(f"{where}: reads() raised {exc!r}") from exc
+        targets.append((runner, check_topics(patterns, where)))
+    return Router(targets)
 
 
 class Pipeline:
@@ -145,23 +167,28 @@ class Pipeline:
         self.store = store
         self.clock = clock
         self.stats = Stats()
-        self._runners = [_Runner(p) for p in plugins]
+        self._retention = config.retention_seconds()
+        self.aggregator = Aggregator(
+            config.resolutions(),
+            clock,
+            limits=series_limits(config, _declared(plugins)),
+            overflow_value=config.prometheus.overflow_value,
+        )
+        self.stats.series_overflow = self.aggregator.overflowed
+        self._runners = [_Runner(p, self.aggregator.series) for p in plugins]
+        self._route = _router(self._runners)
         self._environments = frozenset(config.messages.environments)
         self._use_schemas = config.messages.schemas
         self._max_skew = config.messages.max_clock_skew.total_seconds()
         self._flush_every = config.store.flush_interval.total_seconds()
         self._max_batch = config.store.max_batch
-        self._retention = config.retention_seconds()
         self._dedup_window = config.store.dedup_window.total_seconds()
         self._pending_ids: set[str] = set()
         self._last_flush = clock()
         self._last_prune = 0.0
         self._covered_until: datetime | None = None
-        self.aggregator = Aggregator(config.resolutions(), clock)
         self.aggregator.restore(*store.load(self.metrics()))
         self._rejections_logged: Counter[str] = Counter()
-        self._limits = series_limits(config, self.metrics())
-        self._overflow = config.prometheus.overflow_value
         #: called with each committed batch, in the pipeline thread (sinks, the exposition)
         self.listeners: list[Callable[[Batch], None]] = []
         #: the resolution whose changed buckets each flush queues for InfluxDB (None: no sink),
@@ -211,7 +238,7 @@ class Pipeline:
 
     def metrics(self) -> dict[str, tuple[str, Metric]]:
         """Every declared metric name → (plugin ident, declaration)."""
-        return {m.name: (r.ident, m) for r in self._runners for m in type(r.plugin).metrics}
+        return _declared(self.plugins)
 
     # --- one message -------------------------------------------------------------------
 
@@ -228,7 +255,11 @@ class Pipeline:
         message = self._normalize(raw, source)
         if message is None:
             return "rejected"
-        runners = [r for r in self._runners if r.ident in idents and self._owed(r.ident, message)]
+        runners = [
+            r
+            for r in self._route(message.topic)
+            if r.ident in idents and self._owed(r.ident, message)
+        ]
         if not runners:
             self.stats.duplicates[source] += 1
             return "duplicate"
@@ -282,7 +313,7 @@ class Pipeline:
             self.stats.duplicates[source] += 1
             return "duplicate"
         self._pending_ids.add(message.id)
-        self._run(self._runners, message)
+        self._run(self._route(message.topic), message)
         self.stats.processed[source] += 1
         self._flush_if_due()
         return "processed"
@@ -290,22 +321,17 @@ class Pipeline:
     def _run(self, runners: Iterable[_Runner], message: Message) -> None:
         """Each plugin on the message, isolated; their emissions aggregated."""
         ts, msg_id = message.epoch, message.id
-        add = self.aggregator.add
-        series, per_metric = self.aggregator.series, self.aggregator.series_per_metric
+        add_all = self.aggregator.add_all
         for runner in runners:
             try:
-                runner.plugin.process(message, runner.out)
+                runner.process(message, runner.out)
             except Exception as exc:
                 runner.out.drain()
                 self._plugin_failed(runner.ident, message, exc)
                 continue
-            for metric, labels, amount in runner.out.drain():
-                if (metric.name, labels) not in series and (
-                    per_metric[metric.name] >= self._limits[metric.name]
-                ):
-                    labels = (self._overflow,) * len(labels)
-                    self.stats.series_overflow[(runner.ident, metric.name)] += 1
-                add(runner.ident, metric, labels, amount, ts, msg_id)
+            emitted = runner.out.drain()
+            if emitted:
+                add_all(runner.ident, emitted, ts, msg_id)
         newest = self.stats.newest_message
         if newest is None or ts > newest:
             self.stats.newest_message = ts
@@ -456,6 +482,10 @@ class Pipeline:
             self.flush()
         finally:
             self.store.close()
+
+
+def _declared(plugins: Iterable[Plugin]) -> dict[str, tuple[str, Metric]]:
+    return {m.name: (type(p).ident, m) for p in plugins for m in type(p).metrics}
 
 
 def series_limits(config: Config, metrics: Mapping[str, tuple[str, Metric]]) -> dict[str, int]:

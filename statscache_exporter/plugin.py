@@ -18,6 +18,10 @@ Example::
         def process(self, message, out):
             out.inc("messages")
 
+A plugin that reads only some topics says which (``topics``, or :meth:`Plugin.reads` when its
+options decide): the pipeline then hands it only the messages whose topic matches, decided
+once per distinct topic (``routing.py``). One that says nothing gets every message.
+
 Plugins are found through the entry-point group ``statscache.plugin``; an entry point names a
 :class:`Plugin` subclass (or an iterable of them). The bundled plugins use the same group.
 """
@@ -25,12 +29,13 @@ Plugins are found through the entry-point group ``statscache.plugin``; an entry 
 from __future__ import annotations
 
 import dataclasses
+import glob
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NoReturn
 
 from statscache_exporter.message import Message
 from statscache_exporter.text import is_text
@@ -87,6 +92,13 @@ class Plugin:
     ``plugins.<ident>.options`` is validated against it and passed to ``__init__``.
     ``backlog_delta`` is how far back history is useful to the plugin (the gap filler and a
     first start use it); None means all of it.
+
+    ``topics`` are patterns over the topic of the messages the plugin reads (``fnmatch``
+    style, case-sensitive: ``*`` is any run of characters, dots included, ``?`` one character,
+    ``[...]`` one of a set): ``("*.buildsys.build.state.change",)``. None, the default, reads
+    every message. A plugin whose options decide its topics overrides :meth:`reads` instead.
+    A message whose topic matches none of them is never given to the plugin, so a pattern
+    must cover every topic :meth:`process` counts anything for.
     """
 
     ident: ClassVar[str]
@@ -96,9 +108,15 @@ class Plugin:
     metrics: ClassVar[tuple[Metric, ...]]
     Options: ClassVar[type] = NoOptions
     backlog_delta: ClassVar[timedelta | None] = None
+    topics: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()
+
+    def reads(self) -> tuple[str, ...] | None:
+        """The topic patterns of the messages this plugin reads, None for all of them; by
+        default the class's ``topics``. Asked once, when the pipeline is built."""
+        return type(self).topics
 
     def process(self, message: Message, out: Output) -> None:
         raise NotImplementedError
@@ -108,20 +126,37 @@ class Output:
     """What a plugin emits for one message, checked against its declarations.
 
     Emissions are buffered and only applied once ``process`` returns, so a plugin that raises
-    half-way leaves nothing behind for that message.
+    half-way leaves nothing behind for that message. Label values are checked (strings, valid
+    Unicode) the first time a series is seen: ``known`` holds the series already checked
+    (the aggregator's), whose values need no second look.
     """
 
-    __slots__ = ("_emitted", "_metrics", "_plugin")
+    __slots__ = ("_emitted", "_known", "_metrics", "_plugin")
 
-    def __init__(self, plugin: str, metrics: Mapping[str, Metric]) -> None:
+    def __init__(
+        self,
+        plugin: str,
+        metrics: Mapping[str, Metric],
+        known: Container[tuple[str, tuple[str, ...]]] = (),
+    ) -> None:
         self._plugin = plugin
         self._metrics = metrics
+        self._known = known
         self._emitted: list[tuple[Metric, tuple[str, ...], float]] = []
 
     def inc(self, metric: str, amount: int = 1, /, **labels: str) -> None:
         """Add ``amount`` (a whole number ≥ 0) to a counter's series."""
-        decl = self._declared(metric, "counter")
-        if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0:
+        decl = self._metrics.get(metric)
+        if decl is None or decl.kind != "counter":
+            decl = self._declared(metric, "counter")
+        if amount.__class__ is not int and (
+            isinstance(amount, bool) or not isinstance(amount, int)
+        ):
+            raise EmitError(
+                f"plugin {self._plugin!r}: counter {metric!r} takes a whole number ≥ 0, "
+                f"got {amount!r}"
+            )
+        if amount < 0:
             raise EmitError(
                 f"plugin {self._plugin!r}: counter {metric!r} takes a whole number ≥ 0, "
                 f"got {amount!r}"
@@ -130,7 +165,9 @@ class Output:
 
     def set(self, metric: str, value: float, /, **labels: str) -> None:
         """Set a gauge's series to ``value`` as of this message's time."""
-        decl = self._declared(metric, "gauge")
+        decl = self._metrics.get(metric)
+        if decl is None or decl.kind != "gauge":
+            decl = self._declared(metric, "gauge")
         if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
             raise EmitError(
                 f"plugin {self._plugin!r}: gauge {metric!r} takes a number, got {value!r}"
@@ -139,7 +176,9 @@ class Output:
 
     def drain(self) -> list[tuple[Metric, tuple[str, ...], float]]:
         """The emissions so far, emptied: (metric, label values in declared order, amount)."""
-        emitted, self._emitted = self._emitted, []
+        emitted = self._emitted
+        if emitted:
+            self._emitted = []
         return emitted
 
     def _declared(self, metric: str, kind: Kind) -> Metric:
@@ -157,14 +196,20 @@ class Output:
         return decl
 
     def _label_values(self, decl: Metric, labels: Mapping[str, Any]) -> tuple[str, ...]:
-        if len(labels) != len(decl.labels) or any(name not in labels for name in decl.labels):
-            raise EmitError(
-                f"plugin {self._plugin!r}: metric {decl.name!r} takes labels "
-                f"{list(decl.labels)}, got {sorted(labels)}"
-            )
-        values = tuple(labels[name] for name in decl.labels)
-        for name, value in zip(decl.labels, values, strict=True):
-            if not isinstance(value, str):
+        names = decl.labels
+        if len(labels) != len(names):
+            self._wrong_labels(decl, labels)
+        try:
+            values = tuple([labels[name] for name in names])
+        except KeyError:
+            self._wrong_labels(decl, labels)
+        try:
+            if (decl.name, values) in self._known:
+                return values
+        except TypeError:  # an unhashable value: named below
+            pass
+        for name, value in zip(names, values, strict=True):
+            if value.__class__ is not str and not isinstance(value, str):
                 raise EmitError(
                     f"plugin {self._plugin!r}: label {name!r} of {decl.name!r} must be a "
                     f"string, got {type(value).__name__} {value!r}"
@@ -175,6 +220,19 @@ class Output:
                     f"Unicode: {value[:80]!r}"
                 )
         return values
+
+    def _wrong_labels(self, decl: Metric, labels: Mapping[str, Any]) -> NoReturn:
+        raise EmitError(
+            f"plugin {self._plugin!r}: metric {decl.name!r} takes labels "
+            f"{list(decl.labels)}, got {sorted(labels)}"
+        )
+
+
+def under(prefixes: Iterable[str], *events: str) -> tuple[str, ...]:
+    """Topic patterns for ``events`` (themselves patterns, e.g. ``"update.*"``) after each of
+    ``prefixes`` (literal topic beginnings, e.g. ``"org.fedoraproject.prod.bodhi."``); with no
+    events, everything under each prefix."""
+    return tuple(glob.escape(p) + e for p in prefixes for e in (events or ("*",)))
 
 
 # --- declarations ------------------------------------------------------------------------
@@ -198,7 +256,20 @@ def validate_class(cls: Any, origin: str) -> type[Plugin]:
     if cls.backlog_delta is not None and not isinstance(cls.backlog_delta, timedelta):
         raise PluginError(f"{where}: backlog_delta must be a timedelta or None")
     _validate_metrics(getattr(cls, "metrics", None), where)
+    check_topics(cls.topics, where)
     return cls
+
+
+def check_topics(topics: Any, where: str) -> tuple[str, ...] | None:
+    """``topics`` as a plugin may declare them: None, or a tuple of non-empty strings."""
+    if topics is None:
+        return None
+    if not isinstance(topics, tuple | list) or not all(isinstance(t, str) and t for t in topics):
+        raise PluginError(
+            f"{where}: topics must be None (every message) or a tuple of non-empty topic "
+            f"patterns, got {topics!r}"
+        )
+    return tuple(topics)
 
 
 def _validate_metrics(metrics: Any, where: str) -> None:

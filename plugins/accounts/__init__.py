@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from statscache_exporter.message import Message
-from statscache_exporter.plugin import Counter, Output, Plugin
+from statscache_exporter.plugin import Counter, Output, Plugin, under
 
 from ..common import mapping, name_of, payload, strip_prefix, text
 
@@ -57,6 +57,9 @@ class Accounts(Plugin):
     )
     Options = AccountsOptions
 
+    def reads(self) -> tuple[str, ...]:
+        return under(self.options.prefixes, "user.create", *MEMBERSHIP_ACTIONS)
+
     def process(self, message: Message, out: Output) -> None:
         event = strip_prefix(message.topic, self.options.prefixes)
         if event is None:
@@ -79,6 +82,9 @@ class Badges(Plugin):
     description = "From <prefix>.fedbadges.badge.award; the badge by its name."
     metrics = (Counter("badges_awarded", "Fedora badges awarded, per badge", ("badge",)),)
     Options = BadgesOptions
+
+    def reads(self) -> tuple[str, ...]:
+        return under(self.options.prefixes, "badge.award")
 
     def process(self, message: Message, out: Output) -> None:
         if strip_prefix(message.topic, self.options.prefixes) != "badge.award":

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from statscache_exporter.message import Message
-from statscache_exporter.plugin import Counter, Output, Plugin
+from statscache_exporter.plugin import Counter, Output, Plugin, under
 
 from ..common import mapping, name_of, strip_prefix, text, whole
 
@@ -79,6 +79,9 @@ class Bodhi(Plugin):
         ),
     )
     Options = Options
+
+    def reads(self) -> tuple[str, ...]:
+        return under(self.options.prefixes, "update.*", "errata.publish")
 
     def process(self, message: Message, out: Output) -> None:
         rest = strip_prefix(message.topic, self.options.prefixes)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from statscache_exporter.message import Message
-from statscache_exporter.plugin import Counter, Output, Plugin
+from statscache_exporter.plugin import Counter, Output, Plugin, under
 
 from ..common import payload, strip_prefix, text, whole
 
@@ -69,6 +69,10 @@ class Copr(Plugin):
         ),
     )
     Options = Options
+
+    def reads(self) -> tuple[str, ...]:
+        opts: Options = self.options
+        return under(opts.prefixes, opts.start_topic, "build.end")
 
     def process(self, message: Message, out: Output) -> None:
         opts: Options = self.options

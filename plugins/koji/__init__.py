@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from statscache_exporter.message import Message
-from statscache_exporter.plugin import Counter, Output, Plugin
+from statscache_exporter.plugin import Counter, Output, Plugin, under
 
 from ..common import mapping, match_prefix, text, whole
 
@@ -107,6 +107,10 @@ class Koji(Plugin):
         ),
     )
     Options = Options
+
+    def reads(self) -> tuple[str, ...]:
+        opts: Options = self.options
+        return under(opts.instances, "build.state.change", "task.state.change", "tag", "untag")
 
     def process(self, message: Message, out: Output) -> None:
         opts: Options = self.options

@@ -9,12 +9,13 @@ otherwise; edits of comments are not counted.
 
 from __future__ import annotations
 
+import glob
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from statscache_exporter.message import Message
-from statscache_exporter.plugin import Counter, Output, Plugin
+from statscache_exporter.plugin import Counter, Output, Plugin, under
 
 from ..common import mapping, match_prefix, name_of, text
 
@@ -110,6 +111,10 @@ class PagureContributions(Plugin):
         ),
     )
     Options = Options
+
+    def reads(self) -> tuple[str, ...]:
+        opts: Options = self.options
+        return under(opts.forges) + tuple(glob.escape(t) for t in opts.distgit_push_topics)
 
     def process(self, message: Message, out: Output) -> None:
         opts: Options = self.options

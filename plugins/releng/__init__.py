@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from statscache_exporter.message import Message
-from statscache_exporter.plugin import Counter, Gauge, Output, Plugin
+from statscache_exporter.plugin import Counter, Gauge, Output, Plugin, under
 
 from ..common import mapping, strip_prefix, text, whole
 
@@ -161,6 +161,9 @@ class RelengComposes(Plugin):
     )
     Options = ComposeOptions
 
+    def reads(self) -> tuple[str, ...]:
+        return under(self.options.prefixes, "compose.*", "pungi.compose.*")
+
     def process(self, message: Message, out: Output) -> None:
         rest = strip_prefix(message.topic, self.options.prefixes)
         found = compose_state(rest, message.body) if rest else None
@@ -220,6 +223,9 @@ class RelengUpdates(Plugin):
     )
     Options = UpdatesOptions
 
+    def reads(self) -> tuple[str, ...]:
+        return under(self.options.prefixes, "updates.*.sync", *BODHI_STEPS)
+
     def process(self, message: Message, out: Output) -> None:
         rest = strip_prefix(message.topic, self.options.prefixes)
         if rest is None:
@@ -270,6 +276,10 @@ def image_line(image_name: str) -> str:
     return _IMAGE_DATE.sub("", image_name)
 
 
+#: the fedimg topics (after the prefix) that count
+IMAGE_EVENTS = ("image.upload", "image.test", "image.publish", "image.copy")
+
+
 class RelengImages(Plugin):
     ident = "releng_image_uploads"
     name = "Releng: cloud image uploads"
@@ -290,9 +300,12 @@ class RelengImages(Plugin):
     )
     Options = ImageOptions
 
+    def reads(self) -> tuple[str, ...]:
+        return under(self.options.prefixes, *IMAGE_EVENTS)
+
     def process(self, message: Message, out: Output) -> None:
         event = strip_prefix(message.topic, self.options.prefixes)
-        if event not in ("image.upload", "image.test", "image.publish", "image.copy"):
+        if event not in IMAGE_EVENTS:
             return
         body = message.body
         name, destination = text(body.get("image_name")), text(body.get("destination"))
@@ -395,6 +408,9 @@ class RelengKojiArtifacts(Plugin):
         *_state_metrics("releng_koji_artifact", "a koji image artifact", _labels, _CODES_HELP),
     )
     Options = ArtifactOptions
+
+    def reads(self) -> tuple[str, ...]:
+        return under(self.options.prefixes, "build.state.change", "task.state.change")
 
     def process(self, message: Message, out: Output) -> None:
         opts: ArtifactOptions = self.options
