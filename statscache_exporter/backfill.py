@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import requests
 
@@ -195,6 +195,10 @@ class BackfillStats:
             return None
         return max(0.0, self.remaining_seconds) * elapsed / done
 
+    def fraction(self) -> float:
+        """The share of the windows done (1 when there are none)."""
+        return self.windows_done / self.windows_total if self.windows_total else 1.0
+
     def summary(self) -> str:
         eta = self.eta()
         return (
@@ -202,6 +206,11 @@ class BackfillStats:
             f"{_span(self.remaining_seconds)} of history left, {self.rate():,.0f} msg/s, "
             f"ETA {'?' if eta is None else _span(eta)}"
         )
+
+
+def span_text(seconds: float) -> str:
+    """A length of time in two units at most: 3d04h, 2h05m, 4m30s."""
+    return _span(seconds)
 
 
 def _span(seconds: float) -> str:
@@ -214,18 +223,28 @@ def _span(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
-class LogProgress:
-    """Progress as plain log lines, at most one every ``every`` seconds (and at the end)."""
+class Showable(Protocol):
+    """What the progress displays show: a backfill's or an import's stats."""
 
-    def __init__(self, every: float = 10.0) -> None:
+    def summary(self) -> str: ...
+
+    def fraction(self) -> float: ...
+
+
+class LogProgress:
+    """Progress as plain log lines, at most one every ``every`` seconds (and at the end);
+    ``label`` starts each line."""
+
+    def __init__(self, every: float = 10.0, label: str = "backfill") -> None:
         self.every = every
+        self.label = label
         self._last = time.monotonic()
 
-    def __call__(self, stats: BackfillStats, done: bool = False) -> None:
+    def __call__(self, stats: Showable, done: bool = False) -> None:
         now = time.monotonic()
         if done or now - self._last >= self.every:
             self._last = now
-            log.info("backfill: %s", stats.summary())
+            log.info("%s: %s", self.label, stats.summary())
 
 
 class BarProgress:
@@ -236,8 +255,8 @@ class BarProgress:
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
 
-    def __call__(self, stats: BackfillStats, done: bool = False) -> None:
-        part = stats.windows_done / stats.windows_total if stats.windows_total else 1.0
+    def __call__(self, stats: Showable, done: bool = False) -> None:
+        part = stats.fraction()
         filled = round(part * self.WIDTH)
         bar = "#" * filled + "." * (self.WIDTH - filled)
         self.stream.write(f"\r\x1b[K[{bar}] {stats.summary()}" + ("\n" if done else ""))

@@ -5,7 +5,8 @@ Exit codes:
 - 0: success (``run``: stopped by SIGTERM/SIGINT after a final flush);
 - 1: a runtime failure: the store cannot be opened or written, a replay file cannot be read;
 - 2: a usage or configuration error (bad option, bad config key, unknown plugin, bad plugin);
-- 130: ``replay`` stopped by SIGINT or SIGTERM (what it processed is stored; run it again).
+- 130: ``replay``, ``backfill`` or ``import`` stopped by SIGINT or SIGTERM (what it processed
+  is stored; run it again).
 """
 
 from __future__ import annotations
@@ -77,6 +78,23 @@ def parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="print the windows it would fetch, fetch nothing"
     )
     backfill.add_argument("--json", action="store_true", help="print the summary as JSON")
+    history = command(
+        "import",
+        "Count a range of history into the store, each message once, from a datanommer "
+        "database (--datanommer URL) or from Fedora's daily CSV dumps (FILE.tar ...); stopped "
+        "or killed, the same command again goes on from where the store got to.",
+    )
+    history.add_argument(
+        "files", nargs="*", metavar="FILE.tar", help="daily CSV dumps (.tar, .tar.gz, .tar.xz)"
+    )
+    history.add_argument(
+        "--datanommer",
+        metavar="URL",
+        help="postgresql://user@host/db (the password: datanommer.password or PGPASSWORD)",
+    )
+    history.add_argument("--since", type=_when, help="ISO 8601 time or epoch (default: the first)")
+    history.add_argument("--until", type=_when, help="ISO 8601 time or epoch, not included")
+    history.add_argument("--json", action="store_true", help="print the summary as JSON")
     return top
 
 
@@ -109,6 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "plugins": _plugins,
             "check-config": _check_config,
             "backfill": _backfill,
+            "import": _import,
         }[args.command]
         return handler(config, args)
     except (ConfigError, PluginError) as exc:
@@ -309,6 +328,85 @@ def _backfill(config: Config, args: argparse.Namespace) -> int:
         print(json.dumps(summary, sort_keys=True))
     else:
         print(", ".join(f"{k} {v}" for k, v in summary.items()))
+    return code
+
+
+def _import(config: Config, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from statscache_exporter.backfill import BarProgress, LogProgress
+    from statscache_exporter.config import check_postgresql_url
+    from statscache_exporter.history import ImportError_, import_database, import_dumps
+    from statscache_exporter.pipeline import influx_sink_for, open_pipeline
+    from statscache_exporter.sources.dumps import DumpError
+
+    if bool(args.datanommer) == bool(args.files):
+        print("statscache-exporter: import: give --datanommer URL or dump files", file=sys.stderr)
+        return EXIT_USAGE
+    if args.since is not None and args.until is not None and args.until <= args.since:
+        print("statscache-exporter: --until must be after --since", file=sys.stderr)
+        return EXIT_USAGE
+    if args.datanommer:
+        try:
+            check_postgresql_url(args.datanommer, "--datanommer")
+        except ConfigError as exc:
+            print(f"statscache-exporter: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    pipeline = open_pipeline(config)
+    sink = influx_sink_for(pipeline)
+    if sink is not None:
+        sink.start()
+    stop = _stop_between_messages()
+    progress = BarProgress(sys.stderr) if sys.stderr.isatty() else LogProgress(label="import")
+    started = time.monotonic()
+    code, summary = EXIT_OK, None
+    try:
+        if args.datanommer:
+            result = import_database(
+                pipeline, args.datanommer, args.since, args.until, stop, progress
+            )
+        else:
+            result = import_dumps(
+                pipeline, [Path(f) for f in args.files], args.since, args.until, stop, progress
+            )
+        if not result.complete:
+            code = EXIT_INTERRUPTED
+        pipeline.flush()
+        if sink is not None:
+            sink.stop()  # sends what is queued, within influxdb.shutdown_timeout
+        stats = pipeline.stats
+        summary = _summary(pipeline, result.stats.messages, time.monotonic() - started)
+        summary.update(result.details)
+        summary.update(
+            messages_per_second=round(result.stats.messages / max(summary["seconds"], 1e-9), 1),
+            resumed_from=result.stats.resumed_from,
+            resume_point=result.resume_point,
+            complete=result.complete,
+            processed=stats.processed.get("import", 0),
+            duplicates=stats.duplicates.get("import", 0),
+        )
+    except (ImportError_, DumpError) as exc:
+        print(f"statscache-exporter: {exc}", file=sys.stderr)
+        code = EXIT_FAILURE
+    finally:
+        try:
+            pipeline.flush()
+        finally:
+            pipeline.store.close()
+    if summary is None:
+        return code
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+    else:
+        _print_summary(summary)
+        print(
+            f"source {summary['source']}, resumed from {summary['resumed_from'] or 'nothing'}, "
+            f"resume point now {summary['resume_point'] or '-'}"
+        )
+        if summary.get("unresolved_total"):
+            print(f"unresolved references: {summary['unresolved']}")
+    if code == EXIT_INTERRUPTED:
+        print("statscache-exporter: import interrupted; run it again to go on", file=sys.stderr)
     return code
 
 

@@ -198,6 +198,9 @@ class BasicAuthConfig:
 class ApiConfig:
     default_rows_per_page: int = 100
     max_rows_per_page: int = 1000
+    #: /api/ and /api/<ident> answer in statscache's own shapes (arrays of idents and of flat
+    #: rows) instead of this exporter's
+    statscache_shapes: bool = False
 
 
 @dataclass(frozen=True)
@@ -208,6 +211,17 @@ class HttpConfig:
     tls: TlsConfig = field(default_factory=TlsConfig)
     basic_auth: BasicAuthConfig = field(default_factory=BasicAuthConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    #: threads that compute answers (requests are read and answers written on the event loop)
+    workers: int = 8
+    #: a connection that has not sent a whole request head this long after it opened or after
+    #: its last answer is closed
+    idle_timeout: timedelta = timedelta(seconds=15)
+    #: a connection that sends nothing for this long is closed, even while its answer is made
+    read_timeout: timedelta = timedelta(seconds=60)
+    tls_handshake_timeout: timedelta = timedelta(seconds=10)
+    #: request line and headers together
+    max_header_bytes: int = 16384
+    max_body_bytes: int = 65536
 
 
 @dataclass(frozen=True)
@@ -274,6 +288,9 @@ class BackfillConfig:
     initial_backfill: timedelta | None = None
     verify_tls: bool = True
     user_agent: str = "statscache-exporter (+https://github.com/fedora-infra/statscache)"
+    #: read missed ranges from this datanommer database (postgresql://user@host/db) instead
+    #: of datagrepper; "": datagrepper (the ``datanommer`` section tunes the reading)
+    datanommer_url: str = ""
 
     def epoch_time(self) -> float | None:
         """``epoch`` as epoch seconds, None if unset."""
@@ -281,6 +298,25 @@ class BackfillConfig:
             return None
         when = datetime.fromisoformat(self.epoch.replace("Z", "+00:00"))
         return when.timestamp()
+
+
+@dataclass(frozen=True)
+class DatanommerConfig:
+    """Reading a datanommer database: ``statscache-exporter import --datanommer URL`` and the
+    gap filler with ``backfill.datanommer_url``."""
+
+    #: rows one query reads (keyset paging: each batch starts after the last row read)
+    batch_size: int = 5000
+    #: the password when the URL has none (e.g. ${DATANOMMER_PASSWORD}); libpq's PGPASSWORD
+    #: and ~/.pgpass work too
+    password: str = ""
+    connect_timeout: timedelta = timedelta(seconds=10)
+    #: a query still running after this long is cancelled by the server (and tried again)
+    statement_timeout: timedelta = timedelta(minutes=5)
+    #: attempts of one batch (with a new connection each) before the import stops
+    retries: int = 8
+    retry_initial: timedelta = timedelta(seconds=1)
+    retry_max: timedelta = timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
@@ -294,6 +330,7 @@ class Config:
     prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
     influxdb: InfluxConfig = field(default_factory=InfluxConfig)
     backfill: BackfillConfig = field(default_factory=BackfillConfig)
+    datanommer: DatanommerConfig = field(default_factory=DatanommerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def resolutions(self) -> tuple[int, ...]:
@@ -375,6 +412,7 @@ def _check(config: Config) -> None:
     _check_prometheus(config)
     _check_influx(config.influxdb)
     _check_backfill(config.backfill)
+    _check_datanommer(config.datanommer)
     for i, source in enumerate(config.sources):
         _check_source(source, f"sources[{i}]")
     names = [s.name for s in config.sources]
@@ -409,6 +447,45 @@ def _check_backfill(b: BackfillConfig) -> None:
             ) from None
         if when.tzinfo is None:
             raise ConfigError(f"backfill.epoch: {b.epoch!r} has no time zone (add Z for UTC)")
+    if b.datanommer_url:
+        check_postgresql_url(b.datanommer_url, "backfill.datanommer_url")
+
+
+def check_postgresql_url(url: str, path: str) -> None:
+    """A libpq URL: postgresql:// (or postgres://), e.g. postgresql://reader@db/datanommer."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme not in ("postgresql", "postgres"):
+        raise ConfigError(
+            f"{path}: {mask_url(url)!r} must start with postgresql:// or postgres:// "
+            "(e.g. postgresql://reader@db.example.org/datanommer)"
+        )
+    try:
+        urlsplit(url).port  # noqa: B018 (raises on a port that is not a number)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {mask_url(url)!r} is not a URL ({exc})") from None
+
+
+def mask_url(url: str) -> str:
+    """``url`` with the password of its user part, if any, shown as ``********``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return parts._replace(netloc=f"{user}:********@{host}").geturl()
+
+
+def _check_datanommer(d: DatanommerConfig) -> None:
+    if not 1 <= d.batch_size <= 1_000_000:
+        raise ConfigError("datanommer.batch_size: must be between 1 and 1000000")
+    if d.retries < 1:
+        raise ConfigError("datanommer.retries: must be at least 1")
+    if not timedelta(0) < d.retry_initial <= d.retry_max:
+        raise ConfigError("datanommer: need 0 < retry_initial <= retry_max")
+    if d.connect_timeout < timedelta(seconds=1):
+        raise ConfigError("datanommer.connect_timeout: must be at least 1s")
+    if d.statement_timeout < timedelta(seconds=1):
+        raise ConfigError("datanommer.statement_timeout: must be at least 1s")
 
 
 def _check_source(source: SourceConfig, path: str) -> None:
@@ -494,6 +571,19 @@ def _check_http(http: HttpConfig) -> None:
             raise ConfigError(f"http.tls.{key}: {path} is not a readable file")
     if bool(http.basic_auth.username) != bool(http.basic_auth.password):
         raise ConfigError("http.basic_auth: give both username and password, or neither")
+    if not 1 <= http.workers <= 256:
+        raise ConfigError(f"http.workers: {http.workers} is not between 1 and 256")
+    for key in ("idle_timeout", "read_timeout", "tls_handshake_timeout"):
+        if getattr(http, key).total_seconds() <= 0:
+            raise ConfigError(f"http.{key}: must be more than 0 seconds")
+    if not 1024 <= http.max_header_bytes <= 1_048_576:
+        raise ConfigError(
+            f"http.max_header_bytes: {http.max_header_bytes} is not between 1024 and 1048576"
+        )
+    if not 0 <= http.max_body_bytes <= 1_073_741_824:
+        raise ConfigError(
+            f"http.max_body_bytes: {http.max_body_bytes} is not between 0 and 1073741824"
+        )
     api = http.api
     if not 1 <= api.default_rows_per_page <= api.max_rows_per_page:
         raise ConfigError(
@@ -737,6 +827,8 @@ def to_plain(value: Any, key: str = "") -> Any:
         return [to_plain(v, key) for v in value]
     if isinstance(value, str) and value and SECRET_KEYS.search(key):
         return "********"
+    if isinstance(value, str) and key.endswith("_url"):
+        return mask_url(value)
     return value
 
 

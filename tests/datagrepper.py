@@ -566,3 +566,89 @@ def datagrepper_server(
         yield server
     finally:
         server.stop()
+
+
+# --- more datanommer databases in the same cluster (the import tests, bench/history.py) -------
+
+# Runs in the datagrepper virtualenv: makes datanommer's schema in a fresh database (as the
+# helper's init does), then stores the messages of stdin (JSON lines, the shapes of
+# Datagrepper.add) in order: fedora-messaging messages through datanommer.models.add() (users,
+# packages and agent from their schema classes, as datanommer's consumer stores them), fedmsg
+# envelopes and /raw items through datanommer's Message.create with the fedmsg-era columns (i,
+# crypto, certificate, signature, the users/packages fedmsg.meta gave), which is what the
+# fedmsg-era datanommer wrote. One transaction per chunk for the fedmsg rows; add() commits
+# each message itself. Prints how many rows the database holds.
+_FILL = r"""
+import datetime, json, sys
+import datanommer.models as dm
+import pika
+import sqlalchemy as sa
+from fedora_messaging import message as fm
+
+engine = sa.create_engine(sys.argv[1], future=True)
+if sys.argv[2] == "init":
+    with engine.begin() as c:
+        c.execute(sa.text(
+            "CREATE OR REPLACE FUNCTION create_hypertable(relation regclass, "
+            "time_column_name name) RETURNS void LANGUAGE plpgsql AS $$ BEGIN END $$"
+        ))
+    dm.DeclarativeBase.metadata.create_all(engine)
+    with engine.begin() as c:
+        dm.create_view(c)
+dm.init(engine=engine)
+for n, line in enumerate(sys.stdin, 1):
+    item = json.loads(line)
+    if "body" in item:
+        properties = pika.BasicProperties(
+            content_type="application/json", content_encoding="utf-8",
+            headers=dict(item.get("headers") or {}), message_id=item.get("id"),
+            priority=item.get("priority"),
+        )
+        body = json.dumps(item["body"]).encode("utf-8")
+        dm.add(fm.get_message(item["topic"], properties, body))
+        continue
+    when = datetime.datetime.fromtimestamp(float(item["timestamp"]), datetime.timezone.utc)
+    dm.Message.create(
+        i=item.get("i") or 0, msg_id=item.get("msg_id"), topic=item["topic"], timestamp=when,
+        msg=item["msg"], headers=item.get("headers"),
+        agent_name=item.get("agent_name", item.get("username")), crypto=item.get("crypto"),
+        certificate=item.get("certificate"), signature=item.get("signature"),
+        users=list(item.get("users") or []), packages=list(item.get("packages") or []),
+        **{k: item[k] for k in ("source_name", "source_version") if k in item},
+    )
+    if n % 2000 == 0:
+        dm.session.commit()
+dm.session.commit()
+print(dm.session.scalar(sa.select(sa.func.count()).select_from(dm.Message)))
+"""
+
+
+def datanommer_database(server: Datagrepper, name: str) -> str:
+    """A new, empty database ``name`` with datanommer's schema in ``server``'s PostgreSQL
+    cluster (beside the one datagrepper serves, which other tests empty); its URL."""
+    server.cluster._run(
+        ["createdb", "-h", "127.0.0.1", "-p", str(server.cluster.port), "-U", "postgres", name],
+        as_server=False,
+    )
+    url = server.cluster.url.rsplit("/", 1)[0] + f"/{name}"
+    fill_datanommer(server, url, [], init=True)
+    return url
+
+
+def fill_datanommer(
+    server: Datagrepper, url: str, messages: Iterable[Mapping[str, Any]], init: bool = False
+) -> int:
+    """Store ``messages`` in the datanommer database at ``url`` (see ``_FILL``); the rows it
+    then holds."""
+    data = "".join(json.dumps(m) + "\n" for m in messages).encode("utf-8")
+    done = subprocess.run(
+        [str(server.venv / "bin" / "python"), "-c", _FILL, url, "init" if init else "fill"],
+        input=data,
+        capture_output=True,
+        env=_child_env(),
+        timeout=600,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise AddError(done.stderr.decode(errors="replace")[-4000:])
+    return int(done.stdout.split()[-1])

@@ -316,7 +316,7 @@ def test_unknown_top_level_key_lists_valid_keys() -> None:
     message = config_error({"stroe": {}})
     assert message == (
         "stroe: unknown key; valid keys: store, aggregation, messages, sources, plugins, http, "
-        "prometheus, influxdb, backfill, logging"
+        "prometheus, influxdb, backfill, datanommer, logging"
     )
 
 
