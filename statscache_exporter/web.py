@@ -1,4 +1,4 @@
-"""The HTTP server of ``statscache-exporter run``: one WSGI app, served by threads.
+"""The web app of ``statscache-exporter run``: one WSGI app (:mod:`server` serves it).
 
 Routes: ``/`` (landing page), ``/metrics`` (Prometheus), ``/api/`` and ``/api/<ident>``
 (statscache REST API, :mod:`restapi`), ``/healthz`` (the process answers) and ``/readyz``
@@ -13,16 +13,11 @@ import gzip
 import hmac
 import html
 import logging
-import socket
-import ssl
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from socketserver import ThreadingMixIn
 from typing import Any
 from urllib.parse import parse_qs
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry
 from prometheus_client import generate_latest as text_latest
@@ -38,6 +33,9 @@ from statscache_exporter.pipeline import Pipeline
 from statscache_exporter.plugin import Plugin
 from statscache_exporter.reader import Reader
 from statscache_exporter.selfmetrics import SelfMetrics, store_size
+from statscache_exporter.server import WebServer
+
+__all__ = ["App", "Context", "WebServer"]
 
 log = logging.getLogger(__name__)
 
@@ -270,49 +268,3 @@ newest message {newest}.</p>
 {"".join(rows)}</table>
 </body></html>
 """
-
-
-# --- the server ----------------------------------------------------------------------------------
-
-
-class _Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-
-class _Server6(_Server):
-    address_family = socket.AF_INET6
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
-
-
-class WebServer:
-    """Serves the app from a thread until stopped."""
-
-    def __init__(self, app: App, http: HttpConfig) -> None:
-        server_class: type[_Server] = _Server6 if ":" in http.address else _Server
-        self.server = make_server(
-            http.address, http.port, app, server_class=server_class, handler_class=_QuietHandler
-        )
-        self.scheme = "http"
-        if http.tls.cert_file:
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            context.load_cert_chain(http.tls.cert_file, http.tls.key_file)
-            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
-            self.scheme = "https"
-        self.thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
-
-    @property
-    def port(self) -> int:
-        return int(self.server.server_address[1])
-
-    def start(self) -> None:
-        self.thread.start()
-        log.info("serving on %s://%s:%d/", self.scheme, self.server.server_address[0], self.port)
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
