@@ -1,4 +1,6 @@
-"""The gap filler: fetch from datagrepper exactly the messages the live sources missed.
+"""The gap filler: fetch from datagrepper (or, with ``backfill.datanommer_url``, from the
+datanommer database behind it: :class:`DatanommerBackfill`) exactly the messages the live
+sources missed.
 
 What is missing (:func:`plan`): from the store's checkpoint ``covered_until`` (minus
 ``backfill.overlap``) up to when the live sources started (plus the overlap), and every outage
@@ -31,7 +33,7 @@ from typing import Any, Protocol, TextIO
 
 import requests
 
-from statscache_exporter.config import BackfillConfig, Config
+from statscache_exporter.config import BackfillConfig, Config, DatanommerConfig
 from statscache_exporter.datagrepper import (
     TIMEOUT_STATUSES,
     US,
@@ -470,6 +472,98 @@ class Backfill:
         raise AssertionError("unreachable")
 
 
+class DatanommerBackfill:
+    """The same as :class:`Backfill`, from a datanommer database (``backfill.datanommer_url``):
+    each window is read whole with keyset paging (sources/datanommer.py: exact, each row
+    once, in ``(timestamp, id)`` order), its rows delivered as ``/raw`` items with their whole
+    time, then its checkpoint; a failing query is tried again by ``datanommer.retries``, after
+    which :class:`BackfillError` names the window and the checkpoint stays before it. Windows
+    are read one after the other (a query is a fraction of a window's time in the pipeline)."""
+
+    def __init__(
+        self,
+        config: BackfillConfig,
+        database: DatanommerConfig,
+        deliver: Deliver,
+        cover: Cover,
+        stop: threading.Event | None = None,
+        progress: Progress | None = None,
+        connect: Callable[[], Any] | None = None,
+    ) -> None:
+        self.config = config
+        self.database = database
+        self.deliver = deliver
+        self.cover = cover
+        self.stop = stop or threading.Event()
+        self.progress: Progress = progress or LogProgress()
+        self.stats = BackfillStats()
+        self._connect = connect
+
+    def run(
+        self, ranges: list[Range], deliver: Deliver | None = None, cover: Cover | None = None
+    ) -> int:
+        """As :meth:`Backfill.run`."""
+        from statscache_exporter.sources.datanommer import (
+            DatanommerError,
+            DatanommerReader,
+            items,
+            naive_utc,
+        )
+
+        todo = list(windows(ranges, self.config.window.total_seconds()))
+        stats = self.stats
+        with stats.lock:
+            stats.windows_total += len(todo)
+            stats.range_seconds = stats.remaining_seconds = sum(w.end - w.start for w in todo)
+            stats.started, stats.messages_before = time.monotonic(), stats.messages
+        if not todo:
+            return 0
+        reader = DatanommerReader(
+            self.config.datanommer_url, self.database, self.stop, self._connect
+        )
+        log.info(
+            "backfill from datanommer %s: %d windows, %s",
+            reader.name,
+            len(todo),
+            ", ".join(map(str, ranges)),
+        )
+        hand, mark = deliver or self.deliver, cover or self.cover
+        try:
+            for i, window in enumerate(todo):
+                delivered = 0
+                try:
+                    for item in items(
+                        reader.batches(naive_utc(window.start), naive_utc(window.end))
+                    ):
+                        hand(item)
+                        delivered += 1
+                except DatanommerError as exc:
+                    if self.stop.is_set():
+                        raise Cancelled(f"stopped while reading {window}") from exc
+                    error = BackfillError(
+                        f"backfill stopped: the window {window} could not be read: {exc}; the "
+                        "checkpoint stays before it",
+                        window,
+                    )
+                    error.remaining = merge(todo[i:])
+                    raise error from exc
+                if self.stop.is_set():
+                    raise Cancelled(f"stopped while reading {window}")
+                mark(window.end)
+                with stats.lock:
+                    stats.messages += delivered
+                    stats.windows_done += 1
+                    stats.remaining_seconds -= window.end - window.start
+                    stats.requests = reader.stats.queries
+                    stats.requests_retried = reader.stats.retried
+                self.progress(stats)
+        finally:
+            reader.close()
+        self.progress(stats, done=True)
+        log.info("backfill: done, %d messages", stats.messages - stats.messages_before)
+        return stats.messages - stats.messages_before
+
+
 # --- running beside the live sources -----------------------------------------------------------
 
 
@@ -530,6 +624,7 @@ class GapFiller:
         first: list[Range],
         gaps: Iterable[tuple[str, float, float]] = (),
         histories: Iterable[PluginHistory] = (),
+        database: DatanommerConfig | None = None,
     ) -> None:
         self.config = config
         self.emit = emit
@@ -539,7 +634,13 @@ class GapFiller:
         self.jobs: list[tuple[str, float, float]] = list(gaps)
         self.lock = threading.Condition()
         self.caught_up = threading.Event()
-        self.backfill = Backfill(config, emit, lambda t: emit(Covered(t)), stop)
+        self.backfill: Backfill | DatanommerBackfill
+        if config.datanommer_url:  # the database instead of datagrepper
+            self.backfill = DatanommerBackfill(
+                config, database or DatanommerConfig(), emit, lambda t: emit(Covered(t)), stop
+            )
+        else:
+            self.backfill = Backfill(config, emit, lambda t: emit(Covered(t)), stop)
         self._busy = False
 
     def _handing_to(self, idents: tuple[str, ...]) -> tuple[Deliver, Cover]:

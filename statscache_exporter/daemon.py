@@ -257,6 +257,7 @@ class Daemon:
             first,
             store.gaps(),
             self.pipeline.histories.values(),
+            database=self.config.datanommer,
         )
         t = threading.Thread(target=self.filler.run, name="backfill", daemon=True)
         t.start()

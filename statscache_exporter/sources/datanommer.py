@@ -416,3 +416,23 @@ def records(
                     latest,
                 ),
             )
+
+
+def items(batches: Iterable[tuple[list[Row], Names, Names]]) -> Iterator[dict[str, Any]]:
+    """Each row as a ``/raw`` item (:func:`row_item`), for a pipeline fed through a queue of
+    raw messages (the gap filler's)."""
+    for rows, users, packages in batches:
+        for ident, when, msg_id, topic, agent, msg, headers in rows:
+            key = (ident, when)
+            body = _json(msg)
+            head = _json(headers) if headers is not None else None
+            yield row_item(
+                when.replace(tzinfo=UTC),
+                msg_id,
+                topic,
+                agent,
+                msg if body is None else body,
+                head if isinstance(head, dict) else {},
+                users.get(key, ()),
+                packages.get(key, ()),
+            )
