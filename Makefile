@@ -68,6 +68,7 @@ bench: $(STAMP) test-deps $(DG_STAMP)
 	run influx_write; \
 	run amqp_consume --messages 2000; \
 	run backfill --messages 3000; \
+	run history --messages 200000 --datagrepper-messages 10000; \
 	echo "=== report" >&2; $(BIN)/python bench/report.py --dir $(BENCH_OUT); \
 	if [ -s $(BENCH_OUT)/failed ]; then echo "failed: $$(cat $(BENCH_OUT)/failed)" >&2; exit 1; fi
 
