@@ -244,6 +244,72 @@ def test_killed_mid_import_the_same_command_again_ends_identical(
     assert dump(store) == dump(whole[0])
 
 
+def test_sigterm_stops_the_import_between_messages_and_the_rerun_ends_identical(
+    data: hd.History, whole: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    config = config_file(tmp_path, store={"path": str(tmp_path / "store.sqlite"),
+                                           "flush_interval": "50ms"})  # fmt: skip
+    store = tmp_path / "store.sqlite"
+    process = subprocess.Popen(
+        import_command(config, data.url), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: resume_point(store) is not None, "a first committed resume point")
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, err[-2000:]
+    assert "import interrupted; run it again to go on" in err
+    summary = json.loads(out)
+    assert summary["complete"] is False and 0 < summary["processed"] < len(data.sent)
+    # the final flush committed every message handed over, with its position
+    assert len(dump(store)["seen"]) == summary["processed"]
+    again = run_import(config, data.url)
+    assert again["processed"] == len(data.sent) - summary["processed"]
+    assert again["duplicates"] == 0
+    assert dump(store) == dump(whole[0])
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        ([], "give --datanommer URL or dump files"),
+        (["--datanommer", "mysql://h/db"], "must start with postgresql:// or postgres://"),
+        (["--datanommer", "postgresql://h/db", "x.tar"], "give --datanommer URL or dump files"),
+        (["--datanommer", "postgresql://h/db", "--since", "2024-01-02T00:00:00Z", "--until",
+          "2024-01-01T00:00:00Z"], "--until must be after --since"),
+    ],
+)  # fmt: skip
+def test_usage_errors_exit_2_and_say_what_is_wrong(
+    tmp_path: Path, args: list[str], said: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "statscache_exporter", "import", "--config",
+         str(config_file(tmp_path)), *args],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert said in done.stderr
+
+
+def test_a_password_in_the_url_is_never_printed(tmp_path: Path) -> None:
+    """A database that cannot be reached: the error names host, port and database only."""
+    config = config_file(
+        tmp_path, datanommer={"retries": 2, "retry_initial": "10ms", "retry_max": "20ms",
+                              "connect_timeout": "1s"},
+    )  # fmt: skip
+    url = "postgresql://reader:s3cret-pw@127.0.0.1:9/datanommer"
+    done = subprocess.run(
+        import_command(config, url), capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 1
+    assert "datanommer 127.0.0.1:9/datanommer: could not read" in done.stderr
+    assert "s3cret-pw" not in done.stderr + done.stdout
+
+
 # --- the database going away ---------------------------------------------------------------------
 
 
