@@ -12,7 +12,7 @@ CONFIG ?= config.yaml
 # apt-get as root, or through sudo when not root.
 APT    := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: run test lint typecheck unit system-deps test-deps venv clean bench fedora-certs
+.PHONY: run test lint typecheck unit system-deps test-deps venv clean bench fedora-certs screenshots
 
 run: fedora-certs
 	$(BIN)/statscache-exporter run --config $(CONFIG)
@@ -72,6 +72,11 @@ bench: $(STAMP) test-deps $(DG_STAMP)
 	echo "=== report" >&2; $(BIN)/python bench/report.py --dir $(BENCH_OUT); \
 	if [ -s $(BENCH_OUT)/failed ]; then echo "failed: $$(cat $(BENCH_OUT)/failed)" >&2; exit 1; fi
 
+# The README's pictures of the web UI (docs/screenshots/*.png): a real exporter replaying a
+# known stream (tests/browser.py), photographed by headless chromium.
+screenshots: $(STAMP) test-deps
+	$(BIN)/python tests/browser.py --out docs/screenshots
+
 # Debian packages the virtualenv needs (venv/ensurepip, a compiler for wheels that build),
 # installed only when missing.
 system-deps:
@@ -81,7 +86,8 @@ system-deps:
 # The servers the integration tests start on loopback, installed only when missing:
 # prometheus (and promtool), without its recommended node exporter; influxdb (influxd 1.x);
 # rabbitmq-server (its scripts live in /usr/sbin and /usr/lib/rabbitmq/bin); postgresql and
-# libpq-dev (datagrepper's); gnupg (fedmsg signatures); openssl (a test's client certificate).
+# libpq-dev (datagrepper's); gnupg (fedmsg signatures); openssl (a test's client certificate);
+# chromium and chromium-driver (the web UI's browser tests and `make screenshots`).
 test-deps:
 	@pkgs=; \
 	{ command -v prometheus && command -v promtool; } >/dev/null || pkgs="$$pkgs prometheus"; \
@@ -92,6 +98,8 @@ test-deps:
 	command -v pg_config >/dev/null || pkgs="$$pkgs libpq-dev"; \
 	command -v gpg >/dev/null || pkgs="$$pkgs gnupg"; \
 	command -v openssl >/dev/null || pkgs="$$pkgs openssl"; \
+	[ -x /usr/bin/chromium ] || pkgs="$$pkgs chromium"; \
+	[ -x /usr/bin/chromedriver ] || pkgs="$$pkgs chromium-driver"; \
 	[ -z "$$pkgs" ] || { \
 	  $(APT) update -q && $(APT) install -y -q --no-install-recommends $$pkgs; }
 

@@ -1,6 +1,7 @@
 """The web app of ``statscache-exporter run``: one WSGI app (:mod:`server` serves it).
 
-Routes: ``/`` (landing page), ``/metrics`` (Prometheus), ``/api/`` and ``/api/<ident>``
+Routes: ``/`` (the overview page) and ``/plugins/<ident>`` (:mod:`webui`), ``/static/``
+(its stylesheet and icon), ``/metrics`` (Prometheus), ``/api/`` and ``/api/<ident>``
 (statscache REST API, :mod:`restapi`), ``/healthz`` (the process answers) and ``/readyz``
 (store open, pipeline flushing). Basic auth, when configured, guards everything but
 ``/healthz``; TLS, when configured, wraps the listening socket.
@@ -11,7 +12,6 @@ from __future__ import annotations
 import base64
 import gzip
 import hmac
-import html
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -32,8 +32,9 @@ from statscache_exporter.exposition import OPENMETRICS, TEXT, Exposition
 from statscache_exporter.pipeline import Pipeline
 from statscache_exporter.plugin import Plugin
 from statscache_exporter.reader import Reader
-from statscache_exporter.selfmetrics import SelfMetrics, store_size
+from statscache_exporter.selfmetrics import SelfMetrics
 from statscache_exporter.server import WebServer
+from statscache_exporter.webui import PageError, Pages
 
 __all__ = ["App", "Context", "WebServer"]
 
@@ -72,6 +73,7 @@ class App:
         self.clock = clock
         self._self_registry = CollectorRegistry(auto_describe=False)
         self._self_registry.register(ctx.self_metrics)
+        self.pages = Pages(ctx, lambda: self.clock())
         auth = ctx.http.basic_auth
         self._credentials = (
             base64.b64encode(f"{auth.username}:{auth.password}".encode()).decode()
@@ -115,9 +117,14 @@ class App:
             return self._metrics(environ)
         if path == "/readyz":
             return self._readyz()
-        if path == "/":
-            body = landing_page(self.ctx, self.clock()).encode()
-            return 200, [("Content-Type", "text/html; charset=utf-8")], body
+        if path == "/" or path.startswith("/plugins/"):
+            return self._page(environ, path)
+        if path.startswith("/static/"):
+            found = self.pages.static(path[len("/static/") :])
+            if found is None:
+                return 404, [("Content-Type", "text/plain; charset=utf-8")], b"not found\n"
+            kind, data = found
+            return 200, [("Content-Type", kind), ("Cache-Control", "max-age=3600")], data
         if path == "/api" or path.startswith("/api/"):
             return self._api(environ, path)
         return 404, [("Content-Type", "text/plain; charset=utf-8")], b"not found\n"
@@ -183,6 +190,21 @@ class App:
             text.encode(),
         )
 
+    # --- the pages --------------------------------------------------------------------
+
+    def _page(self, environ: dict[str, Any], path: str) -> tuple[int, list[tuple[str, str]], bytes]:
+        params = parse_qs(environ.get("QUERY_STRING", "")[:8192], keep_blank_values=True)
+        headers = [("Content-Type", "text/html; charset=utf-8"), ("Cache-Control", "no-store")]
+        try:
+            if path == "/":
+                text = self.pages.overview(params)
+            else:
+                text = self.pages.plugin(path[len("/plugins/") :].strip("/"), params)
+            status = 200
+        except PageError as exc:
+            status, text = exc.status, self.pages.error(exc.status, exc.message)
+        return status, headers, text.encode()
+
     # --- /api ----------------------------------------------------------------------------
 
     def _api(self, environ: dict[str, Any], path: str) -> tuple[int, list[tuple[str, str]], bytes]:
@@ -214,57 +236,3 @@ def _request_url(environ: dict[str, Any]) -> str:
     scheme = environ.get("wsgi.url_scheme", "http")
     host = environ.get("HTTP_HOST") or f"{environ.get('SERVER_NAME')}:{environ.get('SERVER_PORT')}"
     return f"{scheme}://{host}{environ.get('PATH_INFO', '')}"
-
-
-# --- landing page --------------------------------------------------------------------------------
-
-
-def landing_page(ctx: Context, now: float) -> str:
-    """Plain HTML: plugins and metrics, current rates, sources and sinks, links."""
-    stats = ctx.pipeline.stats
-    e = html.escape
-    counts = ctx.exposition.series_count()
-    rows = []
-    for ident, cls in ctx.plugins.items():
-        for m in cls.metrics:
-            labels = ", ".join(m.labels) or "-"
-            rows.append(
-                f"<tr><td><a href='/api/{e(ident)}'>{e(ident)}</a></td><td>{e(m.name)}</td>"
-                f"<td>{e(m.kind)}</td><td>{e(labels)}</td><td>{counts.get(m.name, 0)}</td>"
-                f"<td>{e(m.help)}</td></tr>"
-            )
-    sources = "".join(
-        f"<tr><td>{e(name)}</td><td>{'connected' if up else 'not connected'}</td>"
-        f"<td>{stats.received.get(name, 0)}</td><td>{stats.processed.get(name, 0)}</td></tr>"
-        for name, up in sorted(dict(stats.source_connected).items())
-    )
-    last_flush = (
-        f"{now - stats.last_flush_at:.1f} s ago" if stats.last_flush_at is not None else "never"
-    )
-    newest = "none yet"
-    if stats.newest_message is not None:
-        newest = f"{now - stats.newest_message:.0f} s old"
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>statscache-exporter</title></head>
-<body>
-<h1>statscache-exporter</h1>
-<p><a href="/metrics">/metrics</a> (Prometheus) · <a href="/api/">/api/</a> (statscache REST API) ·
-<a href="/healthz">/healthz</a> · <a href="/readyz">/readyz</a></p>
-<h2>Now</h2>
-<p>{stats.rate():.1f} messages/s over the last minute; {sum(stats.processed.values())} processed,
-{sum(stats.duplicates.values())} duplicates, {sum(stats.rejected.values())} rejected since start;
-newest message {newest}.</p>
-<h2>Sources</h2>
-<table border="1"><tr><th>source</th><th>state</th><th>received</th><th>processed</th></tr>
-{sources}</table>
-<h2>Sinks</h2>
-<table border="1"><tr><th>sink</th><th>state</th></tr>
-<tr><td>store {e(str(ctx.pipeline.store.path))}</td><td>{store_size(ctx.pipeline.store.path)} bytes;
-{stats.flushes} flushes, last {last_flush}</td></tr>
-</table>
-<h2>Plugins</h2>
-<table border="1"><tr><th>plugin</th><th>metric</th><th>kind</th><th>labels</th><th>series</th>
-<th>help</th></tr>
-{"".join(rows)}</table>
-</body></html>
-"""

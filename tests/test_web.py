@@ -7,6 +7,8 @@ import base64
 import datetime
 import gzip
 import io
+import json
+import re
 from pathlib import Path
 from typing import Any
 from wsgiref.util import setup_testing_defaults
@@ -15,6 +17,7 @@ import pytest
 import requests
 
 from statscache_exporter import config as configuration
+from statscache_exporter.backfill import BackfillStats
 from statscache_exporter.daemon import exposition_for, web_context
 from statscache_exporter.web import App, WebServer
 
@@ -126,21 +129,76 @@ def test_healthz_and_readyz(app_for: Any, tmp_path: Path) -> None:
     assert status == 503 and b"the store cannot be read" in body
 
 
-def test_landing_page_lists_plugins_sources_sinks_and_links(app_for: Any) -> None:
+def test_overview_shows_rates_sources_categories_backfill_and_plugins(app_for: Any) -> None:
     app, p = app_for()
     p.stats.source_connected["bus"] = True
     p.stats.history.clear()
     p.stats.history.extend([(NOW - 90, 0), (NOW - 60, 10), (NOW, 130)])
+    app.ctx.live_sources = ("bus",)
+    app.ctx.backfill = lambda: BackfillStats(
+        windows_total=10, windows_done=4, messages=123, range_seconds=1000, remaining_seconds=600
+    )
     status, headers, body = wsgi(app, "/")
     page = body.decode()
     assert status == 200 and headers["Content-Type"] == "text/html; charset=utf-8"
+    assert "<script" not in page and "http://" not in page.replace("http://localhost", "")
+    assert '<span class="big">2.0</span><span class="what">messages/s' in page
+    assert '<span class="big">1</span><span class="what">rejected since start: not_json 1' in page
+    assert '<span class="badge ok">connected</span>' in page
+    assert "<td>bus</td>" in page and '<td class="n">6</td>' in page  # received
+    # the chart: one bar per stored minute (the five messages share one) holding 5
+    assert page.count('class="point bar"') >= 1 and 'data-v="5"' in page
+    assert '<a href="/plugins/volume_by_category?category=bodhi">bodhi</a>' in page
+    assert 'aria-valuenow="40"' in page and "4 of 10 windows" in page
     for ident in ("volume", "volume_by_category", "volume_by_user"):
-        assert f"<a href='/api/{ident}'>{ident}</a>" in page
-    assert "<td>messages_by_category</td><td>counter</td><td>category</td><td>1</td>" in page
-    assert '<a href="/metrics">/metrics</a>' in page and '<a href="/api/">/api/</a>' in page
-    assert "<tr><td>bus</td><td>connected</td><td>6</td><td>5</td></tr>" in page
-    assert "2.0 messages/s over the last minute" in page
-    assert "1 rejected since start" in page
+        assert f'<a class="card plugin-card" href="/plugins/{ident}">' in page
+    assert '<link rel="stylesheet" href="/static/style.css">' in page
+    assert wsgi(app, "/?hours=5")[0] == 400
+
+
+def test_plugin_page_charts_tables_links_and_examples(app_for: Any) -> None:
+    app, _ = app_for()
+    status, _, body = wsgi(app, "/plugins/volume_by_category")
+    page = body.decode()
+    assert status == 200
+    assert '<svg id="chart-messages_by_category"' in page
+    assert "statscache_messages_by_category_total" in page
+    assert "sum by (category) (rate(statscache_messages_by_category_total[5m]))" in page
+    assert "statscache_messages_by_user_total" not in page  # the README's other plugin
+    assert "/api/volume_by_category?resolution=1m&amp;start=" in page
+    assert "format=csv" in page
+    # the links give what the chart shows: the same five messages
+    link = page.split('href="/api/volume_by_category?')[1].split('"')[0].replace("&amp;", "&")
+    status, _, rows = wsgi(app, "/api/volume_by_category?" + link)
+    assert status == 200 and sum(r["value"] for r in json.loads(rows)["rows"]) == 5
+    assert re.search(r'<td>bodhi</td>\s*<td class="n">5</td>', page)
+
+
+def test_plugin_page_parameters_are_checked(app_for: Any) -> None:
+    app, _ = app_for()
+    status, _, body = wsgi(app, "/plugins/nope")
+    assert status == 404 and b"no plugin &#39;nope&#39;; available: " in body
+    status, _, body = wsgi(app, "/plugins/volume?colour=red")
+    assert status == 400 and b"unknown parameter &#39;colour&#39;" in body
+    status, _, body = wsgi(app, "/plugins/volume?range=soon")
+    assert status == 400 and b"range must be a duration" in body
+    status, _, body = wsgi(app, "/plugins/volume?range=365d&resolution=1m")
+    assert status == 400 and b"too many for a chart" in body and b"1d or coarser" in body
+    status, _, body = wsgi(app, "/plugins/volume_by_category?category=%3Cscript%3E")
+    assert status == 200 and b"<script>" not in body and b"&lt;script&gt;" in body
+    # blank form fields count as absent
+    assert wsgi(app, "/plugins/volume_by_category?resolution=&category=&metric=")[0] == 200
+
+
+def test_static_files_ship_in_the_package(app_for: Any) -> None:
+    app, _ = app_for()
+    status, headers, body = wsgi(app, "/static/style.css")
+    assert status == 200 and headers["Content-Type"] == "text/css; charset=utf-8"
+    assert b"--accent" in body
+    status, headers, _ = wsgi(app, "/static/favicon.svg")
+    assert status == 200 and headers["Content-Type"] == "image/svg+xml"
+    for bad in ("/static/../web.py", "/static/nope.css", "/static/.hidden.css", "/static/x.py"):
+        assert wsgi(app, bad)[0] == 404, bad
 
 
 def test_unknown_paths_methods_and_head(app_for: Any) -> None:
@@ -158,7 +216,7 @@ def test_basic_auth_guards_everything_but_healthz(
     app, _ = app_for(http={"basic_auth": {"username": "prom", "password": "${SC_TEST_PASSWORD}"}})
     good = "Basic " + base64.b64encode(b"prom:s3cr:et").decode()
     bad = "Basic " + base64.b64encode(b"prom:wrong").decode()
-    for path in ("/metrics", "/", "/readyz", "/api/"):
+    for path in ("/metrics", "/", "/readyz", "/api/", "/plugins/volume", "/static/style.css"):
         status, headers, _ = wsgi(app, path)
         assert status == 401 and headers["WWW-Authenticate"] == 'Basic realm="statscache-exporter"'
         assert wsgi(app, path, {"Authorization": bad})[0] == 401
