@@ -1,5 +1,6 @@
-"""The statscache-compatible REST API: ``/api/`` and ``/api/<ident>``, in JSON (or JSONP)
-and CSV.
+"""statscache's REST API, extended: ``/api/`` and ``/api/<ident>``, in JSON (or JSONP) and
+CSV; in this exporter's shapes by default, in statscache's own with
+``http.api.statscache_shapes`` (:func:`statscache_rows`).
 
 Like statscache's: ``start``/``stop`` (``stop`` defaults to now, so pages stay stable),
 ``order`` (``desc`` by default), ``limit`` (rows before paging), ``page``, ``rows_per_page``,
@@ -235,10 +236,18 @@ def build_query(
 
 
 def index(
-    plugins: Mapping[str, type[Plugin]], params: Mapping[str, Sequence[str]], accept: str
+    plugins: Mapping[str, type[Plugin]],
+    params: Mapping[str, Sequence[str]],
+    accept: str,
+    statscache_shapes: bool = False,
 ) -> Response:
-    """``GET /api/``: the enabled plugins with their metrics."""
+    """``GET /api/``: the enabled plugins with their metrics (statscache's shape: an array of
+    their idents; CSV: one a line)."""
     kind = choose_type(params, accept)
+    if statscache_shapes:
+        if kind == "csv":
+            return Response(200, "\n".join(plugins).encode(), "text/csv; charset=utf-8", _cors())
+        return _json_response(list(plugins), params, kind, _cors())
     listing = [
         {
             "ident": cls.ident,
@@ -271,8 +280,10 @@ def plugin_rows(
     settings: ApiSettings,
     url: str,
     now: float,
+    statscache_shapes: bool = False,
 ) -> Response:
-    """``GET /api/<ident>``: one page of bucket rows."""
+    """``GET /api/<ident>``: one page of bucket rows (statscache's shape: an array of flat
+    rows, :func:`statscache_rows`)."""
     kind = choose_type(params, accept)
     _check_callback(params)
     query = build_query(plugin, params, settings, now)
@@ -289,6 +300,11 @@ def plugin_rows(
     # walk the same rows, not the ones that arrived since.
     link_params = {**params, "stop": [str(query.stop)]}
     headers = {**_cors(), **_paging_headers(url, link_params, page, pages)}
+    if statscache_shapes:
+        flat = statscache_rows(plugin, rows)
+        if kind == "csv":
+            return Response(200, statscache_csv(flat), "text/csv; charset=utf-8", headers)
+        return _json_response(flat, params, kind, headers)
     if kind == "csv":
         label_names = sorted({label for m in plugin.metrics for label in m.labels})
         header = ["start", "time", "metric", *label_names, "value"]
@@ -313,6 +329,49 @@ def plugin_rows(
         ],
     }
     return _json_response(body, params, kind, headers)
+
+
+def statscache_rows(
+    plugin: type[Plugin], rows: Sequence[tuple[int, str, dict[str, str], float]]
+) -> list[dict[str, Any]]:
+    """Rows as statscache's models serialized them (statscache/plugins/models.py,
+    ``to_json``): every column but ``id``, ``timestamp`` as epoch seconds (a float). The
+    value's column is ``volume`` for a counter, as statscache's count plugins named it
+    (statscache_plugins/volume/*.py, pagure/*.py), ``scalar`` for a gauge (statscache's
+    ScalarModel); each label is a column of its own, as statscache's category, topic, user,
+    package and project were; ``metric`` is one too for a plugin with several metrics
+    (statscache had one model per plugin)."""
+    several = len(plugin.metrics) > 1
+    kinds = {m.name: m.kind for m in plugin.metrics}
+    out = []
+    for start, metric, labels, value in rows:
+        row: dict[str, Any] = {"timestamp": float(start), **labels}
+        if several:
+            row["metric"] = metric
+        row["volume" if kinds.get(metric) == "counter" else "scalar"] = _num(value)
+        out.append(row)
+    return out
+
+
+def statscache_csv(rows: Sequence[Mapping[str, Any]]) -> bytes:
+    """statscache's ``to_csv``: a header ``timestamp,<the other columns, sorted>``, then a
+    line per row, joined by newlines, without a final one. statscache did not quote; a field
+    holding a comma, quote or line break is quoted here (RFC 4180), where statscache's line
+    could not have been read back. Every other field is written as statscache wrote it."""
+    columns = sorted({c for row in rows for c in row} - {"timestamp"})
+    header = ",".join(["timestamp", *columns])
+    lines = [header]
+    for row in rows:
+        fields = [str(row["timestamp"]), *(_plain(row.get(c, "")) for c in columns)]
+        lines.append(",".join(fields))
+    return "\n".join(lines).encode("utf-8")
+
+
+def _plain(value: Any) -> str:
+    text = str(value)
+    if any(ch in text for ch in ',"\r\n'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
 
 
 def error_response(exc: ApiError, params: Mapping[str, Sequence[str]]) -> Response:

@@ -214,8 +214,9 @@ class App:
         ident = path[len("/api/") :].strip("/") if path.startswith("/api/") else ""
         try:
             restapi.check_query_length(query)
+            shapes = self.ctx.http.api.statscache_shapes
             if not ident:
-                response = restapi.index(self.ctx.plugins, params, accept)
+                response = restapi.index(self.ctx.plugins, params, accept, shapes)
             else:
                 plugin = self.ctx.plugins.get(ident)
                 if plugin is None:
@@ -224,7 +225,7 @@ class App:
                     )
                 url = _request_url(environ)
                 response = restapi.plugin_rows(
-                    plugin, self.ctx.reader, params, accept, self.ctx.api, url, self.clock()
+                    plugin, self.ctx.reader, params, accept, self.ctx.api, url, self.clock(), shapes
                 )
         except restapi.ApiError as exc:
             response = restapi.error_response(exc, params)

@@ -1162,3 +1162,122 @@ def test_basic_auth_through_a_real_server(open_store: Any) -> None:
         assert requests.get(f"{base}/healthz", timeout=5).status_code == 200
     finally:
         server.stop()
+
+
+# --- statscache's shapes (http.api.statscache_shapes) -----------------------------------------
+
+SHAPES = {"http": {"api": {"statscache_shapes": True}}}
+
+
+@pytest.fixture
+def statscache_app(open_store: Any) -> App:
+    return category_app(open_store, **SHAPES)
+
+
+def statscache_category_rows(resolution: int, **kw: Any) -> list[dict[str, Any]]:
+    """statscache's volume-by-category rows (statscache_plugins/volume/by_category.py's
+    model: timestamp, category, volume) for the same counts as category_rows."""
+    return [
+        {"timestamp": float(r["start"]), "category": r["labels"]["category"], "volume": r["value"]}
+        for r in category_rows(resolution, **kw)
+    ]
+
+
+def test_statscache_index_is_an_array_of_idents(statscache_app: App) -> None:
+    status, headers, body = get(statscache_app, "/api/")
+    assert status == 200 and headers["content-type"] == "application/json; charset=utf-8"
+    assert (
+        json.loads(body)
+        == list(statscache_app.ctx.plugins)
+        == sorted(BUNDLED, key=list(statscache_app.ctx.plugins).index)
+    )
+    assert headers["access-control-allow-origin"] == "*"
+    status, headers, body = get(statscache_app, "/api/?callback=cb")
+    assert headers["content-type"] == "application/javascript; charset=utf-8"
+    assert body.decode() == f"cb({json.dumps(list(statscache_app.ctx.plugins))});"
+    status, headers, body = get(statscache_app, "/api/", {"Accept": "text/csv"})
+    assert headers["content-type"] == "text/csv; charset=utf-8"
+    assert body.decode() == "\n".join(statscache_app.ctx.plugins)  # one a line, no header
+
+
+def test_statscache_rows_are_flat_with_epoch_float_timestamps(statscache_app: App) -> None:
+    status, headers, body = get(statscache_app, "/api/volume_by_category?resolution=1m")
+    assert status == 200 and headers["content-type"] == "application/json; charset=utf-8"
+    rows = json.loads(body)
+    assert rows == statscache_category_rows(60)
+    # as statscache's json.dumps of time.mktime(...) wrote it: a float
+    assert all(isinstance(r["timestamp"], float) for r in rows)
+    assert b'{"timestamp": 1709294400.0, "category": "bodhi", "volume": 4}' in body
+
+
+def test_statscache_rows_of_a_plugin_without_labels(statscache_app: App) -> None:
+    rows = json.loads(get(statscache_app, "/api/volume?resolution=1d&order=asc")[2])
+    by_day = Counter(int(ts) // 86400 * 86400 for ts, _ in CATEGORY_EVENTS)
+    expected = [{"timestamp": float(d), "volume": n} for d, n in sorted(by_day.items()) if d <= NOW]
+    assert rows == expected
+
+
+def test_statscache_rows_of_several_metrics_and_a_gauge(open_store: Any) -> None:
+    p = open_store(
+        "multi.sqlite", plugins={"multi": Multi}, store={"retention": KEEP_ALL}, **SHAPES
+    )
+    feed(p, MULTI_MESSAGES)
+    rows = json.loads(get(make_app(p), "/api/multi?resolution=1s")[2])
+    expected = []
+    for r in MULTI_ROWS_1S:  # a metric column (several metrics), scalar for the gauge
+        value = "scalar" if r["metric"] == "multi_level" else "volume"
+        expected.append(
+            {
+                "timestamp": float(r["start"]),
+                **r["labels"],
+                "metric": r["metric"],
+                value: r["value"],
+            }
+        )
+    assert rows == expected
+
+
+def test_statscache_csv_columns(statscache_app: App, open_store: Any) -> None:
+    status, headers, body = get(
+        statscache_app, "/api/volume_by_category?resolution=1h&order=asc", {"Accept": "text/csv"}
+    )
+    assert status == 200 and headers["content-type"] == "text/csv; charset=utf-8"
+    text = body.decode()
+    expected = ["timestamp,category,volume"] + [
+        f"{r['timestamp']},{r['category']},{r['volume']}"
+        for r in statscache_category_rows(3600, descending=False)
+    ]
+    assert text == "\n".join(expected)  # statscache's: LF between lines, none at the end
+    assert text.splitlines()[1] == "1709294400.0,bodhi,5"
+    p = open_store("awkward.sqlite", plugins={"multi": Multi}, **SHAPES)
+    feed(p, [fedmsg("org.fedoraproject.prod.multi.x", T0, "q1", zone='a,"b"', app="x", level=1)])
+    text = get(make_app(p), "/api/multi?resolution=1s&metric=multi_zeta&format=csv")[2].decode()
+    assert text == f'timestamp,app,metric,volume,zone\n{float(T0)},x,multi_zeta,1,"a,""b"""'
+
+
+def test_statscache_shapes_keep_the_parameters_and_headers(
+    statscache_app: App, open_store: Any
+) -> None:
+    mine = open_store("ours.sqlite", store={"retention": KEEP_ALL})  # the same, default shapes
+    feed(mine, category_messages())
+    ours = make_app(mine)
+    query = (
+        "/api/volume_by_category?resolution=1s&rows_per_page=3&page=2&category=copr&category=koji"
+    )
+    status, headers, body = get(statscache_app, query)
+    status_ours, headers_ours, body_ours = get(ours, query)
+    assert status == status_ours == 200
+    for name in (
+        "link",
+        "x-link-count",
+        "x-link-number",
+        "access-control-allow-origin",
+        "access-control-expose-headers",
+    ):
+        assert headers[name] == headers_ours[name], name
+    assert [r["timestamp"] for r in json.loads(body)] == [
+        float(r["start"]) for r in json.loads(body_ours)["rows"]
+    ]
+    # errors stay this exporter's JSON errors, naming the parameter
+    assert_error(statscache_app, "/api/volume_by_category?colour=red", 400, "colour")
+    assert_error(statscache_app, "/api/nope", 404, None)
