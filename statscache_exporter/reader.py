@@ -171,12 +171,14 @@ class Reader:
         return out
 
     def newest_start(self, plugin: str, metric: str, resolution: int) -> int | None:
-        """The newest bucket start of a metric at a resolution (None: it has none)."""
+        """The newest bucket start of a metric at a resolution (None: it has none): one
+        primary-key lookup per series, however many buckets they hold."""
         with self._connect() as db:
             row = db.execute(
-                "SELECT max(b.start) FROM series s JOIN buckets b ON b.series = s.id "
-                "WHERE s.plugin = ? AND s.metric = ? AND b.resolution = ?",
-                (plugin, metric, resolution),
+                "SELECT max((SELECT max(b.start) FROM buckets b "
+                "WHERE b.series = s.id AND b.resolution = ?)) "
+                "FROM series s WHERE s.plugin = ? AND s.metric = ?",
+                (resolution, plugin, metric),
             ).fetchone()
         return None if row[0] is None else int(row[0])
 

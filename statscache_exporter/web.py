@@ -4,7 +4,7 @@ Routes: ``/`` (the overview page) and ``/plugins/<ident>`` (:mod:`webui`), ``/st
 (its stylesheet and icon), ``/metrics`` (Prometheus), ``/api/`` and ``/api/<ident>``
 (statscache REST API, :mod:`restapi`), ``/healthz`` (the process answers) and ``/readyz``
 (store open, pipeline flushing). Basic auth, when configured, guards everything but
-``/healthz``; TLS, when configured, wraps the listening socket.
+``/healthz``. TLS, when configured, is the server's (:mod:`server`).
 """
 
 from __future__ import annotations

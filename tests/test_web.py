@@ -156,6 +156,21 @@ def test_overview_shows_rates_sources_categories_backfill_and_plugins(app_for: A
     assert wsgi(app, "/?hours=5")[0] == 400
 
 
+def test_overview_shows_each_sources_last_outage(app_for: Any) -> None:
+    app, p = app_for()
+    p.store.record_gap("bus", NOW - 7200, NOW - 7000)
+    p.store.record_gap("bus", NOW - 600, NOW - 480)  # the last one
+    p.store.mark_gap_filled("bus", NOW - 600, NOW - 480)
+    p.store.record_gap("other", NOW - 50, NOW - 45)
+    assert app.ctx.reader.last_outages() == {
+        "bus": (NOW - 600, NOW - 480, True),
+        "other": (NOW - 50, NOW - 45, False),
+    }
+    page = wsgi(app, "/")[2].decode()
+    assert "2023-11-14 22:03:20 UTC, for 2.0 min (fetched since)" in page
+    assert "2023-11-14 22:12:30 UTC, for 5.0 s<" in page
+
+
 def test_plugin_page_charts_tables_links_and_examples(app_for: Any) -> None:
     app, _ = app_for()
     status, _, body = wsgi(app, "/plugins/volume_by_category")

@@ -170,21 +170,25 @@ class Pages:
         kept = self.ctx.api.resolutions
         return next((r for r in kept if r >= at_least), kept[-1])
 
-    def _span(self, hours: int, plugin: str, metric: str, bars: int) -> Span:
-        """The last ``hours``, ending now, or at the metric's newest data when that is older
-        than the window (a replay of old messages, a bus gone quiet): bars of a nice step,
-        read from the coarsest kept resolution that divides it."""
+    def _span(
+        self, hours: int, plugin: str, metric: str, bars: int, stop: int | None = None
+    ) -> Span:
+        """The last ``hours`` in bars of a nice step, read from the coarsest kept resolution
+        that divides it. They end now, or at the metric's newest data when that is older than
+        the window (a replay of old messages, a bus gone quiet); or at ``stop`` if given."""
         window = hours * 3600
         base = self._finest(60)
         step = next((s for s in _STEPS if s % base == 0 and window / s <= bars), None)
         step = step or base * math.ceil(window / base / bars)
         resolution = max(r for r in self.ctx.api.resolutions if step % r == 0 and r <= step)
-        now = math.floor(self.clock())
-        stop = (now // step + 1) * step
         anchored = False
-        newest = self.ctx.reader.newest_start(plugin, metric, resolution)
-        if newest is not None and newest < stop - window:
-            stop, anchored = (newest // step + 1) * step, True
+        if stop is None:
+            stop = (math.floor(self.clock()) // step + 1) * step
+            newest = self.ctx.reader.newest_start(plugin, metric, resolution)
+            if newest is not None and newest < stop - window:
+                stop, anchored = (newest // step + 1) * step, True
+        else:
+            stop = -(-stop // step) * step
         return Span(charts.Frame(stop - window, stop, step), resolution, anchored)
 
     # --- / ------------------------------------------------------------------------------
@@ -214,7 +218,9 @@ class Pages:
             sources=self._sources(),
             backfill=self._backfill(),
             sinks=self._sinks(now),
-            cards=[self._card(cls, hours) for cls in plugins.values()],
+            cards=[
+                self._card(cls, hours, main["span"] if main else None) for cls in plugins.values()
+            ],
         )
 
     def _main_chart(self, hours: int, which: tuple[str, str] | None) -> dict[str, Any] | None:
@@ -247,7 +253,7 @@ class Pages:
         f = span.frame
         q = BucketQuery("volume_by_category", span.resolution, f.start, f.stop - 1)
         top = self.ctx.reader.top_series(q, limit)
-        total = sum(v for _, _, v in self.ctx.reader.top_series(q, 10**6)) or 1.0
+        total = sum(v for _, v in self.ctx.reader.sums(q, f.step)) or 1.0
         most = max((v for _, _, v in top), default=1.0) or 1.0
         return [
             {"name": labels.get("category", ""), "value": v, "share": v / total, "bar": v / most}
@@ -317,9 +323,12 @@ class Pages:
             }
         return out
 
-    def _card(self, cls: type[Plugin], hours: int) -> dict[str, Any]:
+    def _card(self, cls: type[Plugin], hours: int, main: Span | None) -> dict[str, Any]:
+        """A plugin's card: its main metric over the main chart's window (so that every card
+        shows the same hours)."""
         metric = _main_metric(cls)
-        span = self._span(hours, cls.ident, metric.name, CARD_BARS)
+        stop = main.frame.stop if main else None
+        span = self._span(hours, cls.ident, metric.name, CARD_BARS, stop)
         f = span.frame
         q = BucketQuery(cls.ident, span.resolution, f.start, f.stop - 1, metrics=(metric.name,))
         points = self.ctx.reader.sums(q, f.step) if metric.kind == "counter" else []
