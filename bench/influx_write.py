@@ -51,10 +51,10 @@ import requests
 from common import CATEGORIES, loadavg, log, names, username, word
 
 from statscache_exporter import config as configuration
-from statscache_exporter.aggregate import Batch, Series, SeriesKey, bucket_start
+from statscache_exporter.aggregate import Batch, Series, SeriesKey
 from statscache_exporter.config import InfluxConfig
 from statscache_exporter.influx import InfluxSink, V1Writer, WriteResult
-from statscache_exporter.outbox import Outbox, Queued
+from statscache_exporter.outbox import Outbox, Queued, writer_of
 from statscache_exporter.pipeline import Pipeline, open_pipeline
 from statscache_exporter.plugin import Plugin, discover
 
@@ -150,22 +150,21 @@ def fill_store(
     data = Data(series, n_points, per_second, seconds)
     expected: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     resolutions = pipeline.config.resolutions()
-    queue_at = pipeline.outbox_resolution
-    assert queue_at == resolutions[0] == 1, "the benchmark assumes a 1 s base resolution"
+    writer = writer_of(pipeline.store.hooks)
+    assert writer is not None and writer.resolution == resolutions[0] == 1, (
+        "the benchmark assumes the outbox on, at a 1 s base resolution"
+    )
     totals: dict[SeriesKey, int] = {}
     written = 0
-    batch = Batch()
-    store = pipeline.store
-    queue = store._queue  # timed: the flushes' part of the sink's work
+    batch = Batch(resolutions=resolutions)
+    queue = writer.after_write  # timed: the flushes' part of the sink's work
 
-    def timed_queue(
-        db: sqlite3.Connection, b: Batch, res: int, now: float, skip: set[tuple[int, int]]
-    ) -> None:
+    def timed_queue(*args: Any) -> None:
         t0 = time.perf_counter()
-        queue(db, b, res, now, skip)
+        queue(*args)
         data.queue_seconds += time.perf_counter() - t0
 
-    store._queue = timed_queue  # type: ignore[method-assign,assignment]
+    writer.after_write = timed_queue  # type: ignore[method-assign,assignment]
     for second in range(seconds):
         t = START + second
         take = min(per_second, n_points - written)
@@ -174,9 +173,8 @@ def fill_store(
         for index in chosen:
             key, s = series[index]
             amount = count_value(rng)
-            for res in resolutions:
-                bkey = (key[0], key[1], res, bucket_start(t, res))
-                batch.counter_deltas[bkey] = batch.counter_deltas.get(bkey, 0) + amount
+            bkey = (key[0], key[1], 1, t)
+            batch.counter_deltas[bkey] = batch.counter_deltas.get(bkey, 0) + amount
             totals[key] = batch.totals[key] = totals.get(key, 0) + amount
             batch.series[key] = s
             e = expected[key[0]]
@@ -184,8 +182,8 @@ def fill_store(
             e[1] += amount
         written += take
         if (second + 1) % FLUSH_SECONDS == 0 or second == seconds - 1:
-            pipeline.store.commit(batch, [], None, outbox_resolution=queue_at)
-            batch = Batch()
+            pipeline.store.commit(batch)
+            batch = Batch(resolutions=resolutions)
             if (second + 1) % (FLUSH_SECONDS * 20) == 0:
                 log(f"  store: {written:,} / {n_points:,} points")
     data.expected = dict(expected)

@@ -9,11 +9,12 @@ messages in any order give the same buckets and totals.
 
 Between flushes the aggregator holds only the *changes* since the last flush, and only at the
 base interval: a counter's delta per (series, base bucket), a gauge's newest candidate per
-(series, base bucket). That is all the hot path does per emission. :meth:`Aggregator.drain`
-then derives, once per flush, the coarser resolutions (each a sum of base deltas, or the newest
-of base candidates, which is the same as adding each emission at every resolution: both are
-commutative and associative) and the totals. Totals are kept in full, in memory, because
-``/metrics`` serves them.
+(series, base bucket), and the series' total. That is all the hot path does per emission. The
+coarser resolutions are derived once per flush from the base changes (each a sum of base
+deltas, or the newest of base candidates, which is the same as adding each emission at every
+resolution: sums and that max are associative): by the store, in SQL (``counts.py``), and by
+:meth:`Batch.at_every_resolution` where Python wants them. Totals are kept in full, in memory,
+because ``/metrics`` serves them.
 
 The cardinality cap is applied here too: a metric that has as many series as its limit sends
 emissions of new label values to one overflow series (every label set to the overflow value),
@@ -45,14 +46,19 @@ class GaugeValue:
     value: float = field(compare=False)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Series:
-    """What the store and the sinks need to know of a series besides its values."""
+    """What the store and the sinks need to know of a series besides its values. One object
+    per series (hashed by identity): the hot path keys its buckets by it."""
 
     plugin: str
     metric: Metric
     labels: tuple[str, ...]
     created: float = 0.0  # when the exporter first saw the series (wall clock, for _created)
+    key: SeriesKey = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.key = (self.metric.name, self.labels)
 
     def label_dict(self) -> dict[str, str]:
         return dict(zip(self.metric.labels, self.labels, strict=True))
@@ -60,15 +66,37 @@ class Series:
 
 @dataclass(slots=True)
 class Batch:
-    """Everything one flush writes: bucket deltas/candidates and the touched totals in full."""
+    """Everything one flush writes: bucket deltas/candidates at the base interval (the first of
+    ``resolutions``; the store derives the others from them) and the touched totals in full."""
 
     counter_deltas: dict[BucketKey, int] = field(default_factory=dict)
     gauge_candidates: dict[BucketKey, GaugeValue] = field(default_factory=dict)
     totals: dict[SeriesKey, int | GaugeValue] = field(default_factory=dict)
     series: dict[SeriesKey, Series] = field(default_factory=dict)
+    #: the base interval, then the roll-ups, in seconds
+    resolutions: tuple[int, ...] = (1,)
 
     def __bool__(self) -> bool:
         return bool(self.counter_deltas or self.gauge_candidates or self.totals)
+
+    def at_every_resolution(
+        self,
+    ) -> tuple[dict[BucketKey, int], dict[BucketKey, GaugeValue]]:
+        """The changes at every resolution, rolled up here from the base interval's: what the
+        store derives in SQL (tests hold the two equal)."""
+        deltas: dict[BucketKey, int] = {}
+        candidates: dict[BucketKey, GaugeValue] = {}
+        for (name, labels, _, start), n in self.counter_deltas.items():
+            for res in self.resolutions:
+                key = (name, labels, res, start // res * res)
+                deltas[key] = deltas.get(key, 0) + n
+        for (name, labels, _, start), g in self.gauge_candidates.items():
+            for res in self.resolutions:
+                key = (name, labels, res, start // res * res)
+                current = candidates.get(key)
+                if current is None or g > current:
+                    candidates[key] = g
+        return deltas, candidates
 
 
 def bucket_start(epoch: float, resolution: int) -> int:
@@ -77,8 +105,8 @@ def bucket_start(epoch: float, resolution: int) -> int:
     return int(epoch // resolution) * resolution
 
 
-#: a plugin's emissions for one message: (metric, label values in declared order, amount)
-Emission = tuple[Metric, tuple[str, ...], float]
+#: one emission: (metric, label values in declared order, amount, its series if known)
+Emission = tuple[Metric, tuple[str, ...], float, "Series | None"]
 
 
 class Aggregator:
@@ -103,14 +131,15 @@ class Aggregator:
         self.overflowed: Counter[tuple[str, str]] = Counter()
         self._limits = limits if limits is not None else {}
         self._overflow = overflow_value
-        #: (series, base bucket start) → counter delta / newest gauge candidate since the
-        #: last drain
-        self._counts: dict[tuple[SeriesKey, int], int] = {}
-        self._gauges: dict[tuple[SeriesKey, int], GaugeValue] = {}
-        #: series touched since the last drain
-        self._touched: dict[SeriesKey, Series] = {}
-        #: a batch put back by a failed flush, merged into the next drain
-        self._requeued: Batch | None = None
+        #: metric name → the plugin that declares it (names are unique across plugins)
+        self.plugin_of: dict[str, str] = {}
+        #: since the last drain: (series, base bucket start) → counter delta or newest gauge
+        #: candidate; and per series touched, its counter delta or newest candidate in all
+        self._counts: dict[tuple[Series, int], int] = {}
+        self._gauges: dict[tuple[Series, int], GaugeValue] = {}
+        self._count_sums: dict[Series, int] = {}
+        self._newest: dict[Series, GaugeValue] = {}
+        self._requeued: list[Batch] = []
 
     def restore(
         self, series: Mapping[SeriesKey, Series], totals: Mapping[SeriesKey, int | GaugeValue]
@@ -129,100 +158,86 @@ class Aggregator:
         ts: float,
         msg_id: str,
     ) -> None:
-        """Apply one emission of message ``msg_id`` with time ``ts``."""
-        self.add_all(plugin, [(metric, labels, amount)], ts, msg_id)
+        """Apply one emission of plugin ``plugin`` for message ``msg_id`` with time ``ts``."""
+        self.plugin_of.setdefault(metric.name, plugin)
+        self.add_all([(metric, labels, amount, None)], ts, msg_id)
 
-    def add_all(self, plugin: str, emissions: Iterable[Emission], ts: float, msg_id: str) -> None:
-        """Apply one plugin's emissions for message ``msg_id`` with time ``ts``: each lands
-        in the base bucket of ``ts``, as a delta or a candidate."""
-        start = int(ts // self.base) * self.base
-        series, touched = self.series, self._touched
+    def add_all(self, emissions: Iterable[Emission], ts: float, msg_id: str) -> None:
+        """Apply one message's emissions (of every plugin, whose metrics ``plugin_of`` names):
+        each lands in the base bucket of ``ts``, as a delta or a candidate."""
+        base = self.base
+        start = int(ts // base) * base
+        series = self.series
         counts, gauges = self._counts, self._gauges
+        sums, newest = self._count_sums, self._newest
         candidate: GaugeValue | None = None
-        for metric, labels, amount in emissions:
-            key: SeriesKey = (metric.name, labels)
-            s = series.get(key)
+        for metric, labels, amount, s in emissions:
             if s is None:
-                key, s = self._new_series(plugin, metric, labels)
-            touched[key] = s
-            bkey = (key, start)
+                s = series.get((metric.name, labels))
+                if s is None:
+                    s = self._new_series(metric, labels)
+            bkey = (s, start)
             if metric.kind == "counter":
-                counts[bkey] = counts.get(bkey, 0) + int(amount)
+                count = int(amount)
+                counts[bkey] = counts.get(bkey, 0) + count
+                sums[s] = sums.get(s, 0) + count
             else:
                 if candidate is None or candidate.value != amount:
                     candidate = GaugeValue(ts, msg_id, float(amount))
                 current = gauges.get(bkey)
                 if current is None or candidate > current:
                     gauges[bkey] = candidate
+                current = newest.get(s)
+                if current is None or candidate > current:
+                    newest[s] = candidate
 
-    def _new_series(
-        self, plugin: str, metric: Metric, labels: tuple[str, ...]
-    ) -> tuple[SeriesKey, Series]:
+    def _new_series(self, metric: Metric, labels: tuple[str, ...]) -> Series:
         """A series seen for the first time, or the metric's overflow series once the metric
         has as many series as its limit."""
         name = metric.name
+        plugin = self.plugin_of[name]
         if labels and self.series_per_metric[name] >= self._limits.get(name, 1 << 62):
             self.overflowed[(plugin, name)] += 1
             labels = (self._overflow,) * len(labels)
-            key: SeriesKey = (name, labels)
-            found = self.series.get(key)
+            found = self.series.get((name, labels))
             if found is not None:
-                return key, found
-        key = (name, labels)
-        s = self.series[key] = Series(plugin, metric, labels, self.clock())
+                return found
+        s = self.series[(name, labels)] = Series(plugin, metric, labels, self.clock())
         self.series_per_metric[name] += 1
-        return key, s
+        return s
 
     def drain(self) -> Batch:
-        """The changes since the last drain, at every resolution, with the touched totals;
-        the aggregator starts afresh."""
-        batch = Batch(series=self._touched)
-        counts, gauges = self._counts, self._gauges
-        self._counts, self._gauges, self._touched = {}, {}, {}
-        deltas, candidates = batch.counter_deltas, batch.gauge_candidates
-        coarser = self.resolutions[1:]
+        """The changes since the last drain (and a failed flush's, put back), with the new
+        totals of the series they touch; the aggregator starts afresh."""
         base = self.base
-        per_series: dict[SeriesKey, int] = {}
-        for ((name, labels), start), n in counts.items():
-            deltas[(name, labels, base, start)] = n
-            for res in coarser:
-                rkey = (name, labels, res, start // res * res)
-                deltas[rkey] = deltas.get(rkey, 0) + n
-            skey = (name, labels)
-            per_series[skey] = per_series.get(skey, 0) + n
-        newest: dict[SeriesKey, GaugeValue] = {}
-        for ((name, labels), start), g in gauges.items():
-            candidates[(name, labels, base, start)] = g
-            for res in coarser:
-                rkey = (name, labels, res, start // res * res)
-                current = candidates.get(rkey)
-                if current is None or g > current:
-                    candidates[rkey] = g
-            skey = (name, labels)
-            current = newest.get(skey)
-            if current is None or g > current:
-                newest[skey] = g
-        totals = self.totals
-        for skey, n in per_series.items():
-            total = totals.get(skey, 0)
+        batch = Batch(resolutions=self.resolutions)
+        batch.counter_deltas = {
+            (s.metric.name, s.labels, base, start): n for (s, start), n in self._counts.items()
+        }
+        batch.gauge_candidates = {
+            (s.metric.name, s.labels, base, start): g for (s, start), g in self._gauges.items()
+        }
+        touched, totals, changed = batch.series, self.totals, batch.totals
+        for s, n in self._count_sums.items():
+            total = totals.get(s.key, 0)
             assert isinstance(total, int)
-            totals[skey] = batch.totals[skey] = total + n
-        for skey, g in newest.items():
-            now = totals.get(skey)
+            totals[s.key] = changed[s.key] = total + n
+            touched[s.key] = s
+        for s, g in self._newest.items():
+            now = totals.get(s.key)
             if now is None or (isinstance(now, GaugeValue) and g > now):
-                totals[skey] = batch.totals[skey] = g
-        requeued, self._requeued = self._requeued, None
-        if requeued is not None:
-            _merge(batch, requeued, totals)
+                totals[s.key] = changed[s.key] = g
+            touched[s.key] = s
+        self._counts, self._gauges, self._count_sums, self._newest = {}, {}, {}, {}
+        for old in self._requeued:
+            _merge(batch, old, totals)
+        self._requeued = []
         return batch
 
     def requeue(self, batch: Batch) -> None:
         """Put back a batch whose flush failed, so the next flush writes it with the rest.
-        (Its totals are already in :attr:`totals`; the next drain writes them again.)"""
-        if self._requeued is None:
-            self._requeued = batch
-        else:
-            _merge(self._requeued, batch, self.totals)
+        (Its totals are in :attr:`totals` already.)"""
+        self._requeued.append(batch)
 
 
 def _merge(into: Batch, batch: Batch, totals: Mapping[SeriesKey, int | GaugeValue]) -> None:

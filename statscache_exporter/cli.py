@@ -174,7 +174,7 @@ def _replay(config: Config, args: argparse.Namespace) -> int:
                 "points_refused": sink.stats.points_refused,
                 "set_aside": set_aside,
                 "pending": pending,
-                "late_unsent": pipeline.stats.outbox_late,
+                "late_unsent": sink.queued.late_unsent,
             }
     finally:
         pipeline.store.close()

@@ -44,6 +44,7 @@ class StoreConfig:
     flush_interval: timedelta = timedelta(seconds=1)
     max_batch: int = 20_000
     dedup_window: timedelta = timedelta(hours=48)
+    dedup_messages: int = 1_000_000
     synchronous: Literal["normal", "full"] = "full"
     retention: dict[str, timedelta | None] = field(
         default_factory=lambda: {
@@ -408,6 +409,8 @@ def _check(config: Config) -> None:
         raise ConfigError("store.flush_interval: must be more than 0")
     if config.store.max_batch < 1:
         raise ConfigError("store.max_batch: must be at least 1")
+    if config.store.dedup_messages < 0:
+        raise ConfigError("store.dedup_messages: must be at least 0")
     _check_http(config.http)
     _check_prometheus(config)
     _check_influx(config.influxdb)

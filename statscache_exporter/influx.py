@@ -35,8 +35,8 @@ from influxdb_client.client.write.point import Point
 from influxdb_client.domain.write_precision import WritePrecision
 from requests.structures import CaseInsensitiveDict
 
-from statscache_exporter.config import InfluxConfig
-from statscache_exporter.outbox import Outbox, Queued
+from statscache_exporter.config import Config, InfluxConfig
+from statscache_exporter.outbox import Outbox, OutboxStats, OutboxWriter, Queued
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,14 @@ class LineKeys:
 
 
 # --- writers -----------------------------------------------------------------------------------
+
+
+def outbox_writer(config: Config) -> OutboxWriter:
+    """The store's flush hook that queues the base buckets' lines for this sink."""
+    keys = LineKeys(config.prometheus.prefix, config.influxdb.tags)
+    return OutboxWriter(
+        config.resolutions()[0], keys.fingerprint, keys.series_key, config.influxdb.batch_size
+    )
 
 
 @dataclass(frozen=True)
@@ -261,6 +269,8 @@ class InfluxSink:
         self.writer = writer if writer is not None else make_writer(config)
         self.clock = clock
         self.stats = SinkStats()
+        #: what the store's side of the outbox counted (set by pipeline.influx_sink_for)
+        self.queued = OutboxStats()
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self._thread: threading.Thread | None = None

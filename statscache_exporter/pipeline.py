@@ -34,15 +34,17 @@ import dataclasses
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Container, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from statscache_exporter import message as messages
-from statscache_exporter.aggregate import Aggregator, Batch, SeriesKey
+from statscache_exporter.aggregate import Aggregator, Batch, Emission, Series, SeriesKey
 from statscache_exporter.config import Config, ConfigError, build, format_duration
+from statscache_exporter.ledger import LedgerChanges, SeenIds, Window
 from statscache_exporter.message import Message, Rejected
+from statscache_exporter.outbox import writer_of
 from statscache_exporter.plugin import (
     Metric,
     Output,
@@ -75,11 +77,6 @@ class Stats:
     plugin_history: Counter[str] = field(default_factory=Counter)
     #: emissions sent to the overflow series by the cap, per (plugin, metric)
     series_overflow: Counter[tuple[str, str]] = field(default_factory=Counter)
-    #: base-resolution bucket changes not queued for InfluxDB because its outbox was full
-    outbox_overflow: int = 0
-    #: late messages for a second whose base bucket retention had pruned: not sent to InfluxDB,
-    #: which keeps the earlier full count
-    outbox_late: int = 0
     #: per source: connected (or, for a replay, still reading) or not
     source_connected: dict[str, bool] = field(default_factory=dict)
     flushes: int = 0
@@ -129,14 +126,17 @@ def enabled_plugins(config: Config, available: Mapping[str, type[Plugin]]) -> li
 
 
 class _Runner:
-    """One plugin, wrapped: a reused Output checked against its declarations."""
+    """One plugin, wrapped: an Output checked against its declarations, writing into the
+    pipeline's buffer of a message's emissions."""
 
     __slots__ = ("ident", "out", "plugin", "process")
 
-    def __init__(self, plugin: Plugin, known: Container[SeriesKey]) -> None:
+    def __init__(
+        self, plugin: Plugin, known: Mapping[SeriesKey, Series], buffer: list[Emission]
+    ) -> None:
         self.plugin = plugin
         self.ident = type(plugin).ident
-        self.out = Output(self.ident, {m.name: m for m in type(plugin).metrics}, known)
+        self.out = Output(self.ident, {m.name: m for m in type(plugin).metrics}, known, buffer)
         self.process = plugin.process
 
 
@@ -175,31 +175,37 @@ class Pipeline:
             overflow_value=config.prometheus.overflow_value,
         )
         self.stats.series_overflow = self.aggregator.overflowed
-        self._runners = [_Runner(p, self.aggregator.series) for p in plugins]
+        self.aggregator.plugin_of.update(
+            {m.name: type(p).ident for p in plugins for m in type(p).metrics}
+        )
+        #: one message's emissions, of every plugin (each plugin's Output appends to it)
+        self._emitted: list[Emission] = []
+        self._runners = [_Runner(p, self.aggregator.series, self._emitted) for p in plugins]
         self._route = _router(self._runners)
         self._environments = frozenset(config.messages.environments)
         self._use_schemas = config.messages.schemas
         self._max_skew = config.messages.max_clock_skew.total_seconds()
         self._flush_every = config.store.flush_interval.total_seconds()
         self._max_batch = config.store.max_batch
-        self._dedup_window = config.store.dedup_window.total_seconds()
-        self._pending_ids: set[str] = set()
         self._last_flush = clock()
         self._last_prune = 0.0
-        self._covered_until: datetime | None = None
         self.aggregator.restore(*store.load(self.metrics()))
         self._rejections_logged: Counter[str] = Counter()
         #: called with each committed batch, in the pipeline thread (sinks, the exposition)
         self.listeners: list[Callable[[Batch], None]] = []
-        #: the resolution whose changed buckets each flush queues for InfluxDB (None: no sink),
-        #: and whether the sink still takes more (its outbox is bounded)
-        self.outbox_resolution: int | None = None
-        self.outbox_accepting: Callable[[], bool] = lambda: True
         #: plugins added to a store that had history, whose own history is still to fetch
         self.histories: dict[str, PluginHistory] = self._register_plugins()
-        self._plugin_ids: dict[str, set[str]] = {}
-        self._plugin_covered: dict[str, float] = {}
-        self._resume: dict[str, str] = {}
+        #: what the next flush writes to the ledger (ids, checkpoint, histories, resume points)
+        self._changes = LedgerChanges()
+        self._span = config.store.dedup_window.total_seconds()
+        self._keep_count = config.store.dedup_messages
+        self._overlap = config.backfill.overlap.total_seconds()
+        self._seen = SeenIds()
+        covered = store.covered_until()
+        self._checkpoint = covered.timestamp() if covered is not None else None
+        #: the newest message time counted, and how many messages were counted (in all time)
+        self._horizon, self._seq = store.horizon()
+        store.load_seen(self._seen, self._window())
 
     def _register_plugins(self) -> dict[str, PluginHistory]:
         """Record the plugins running for the first time on this store; one added to a store
@@ -264,7 +270,7 @@ class Pipeline:
             self.stats.duplicates[source] += 1
             return "duplicate"
         for runner in runners:
-            self._plugin_ids.setdefault(runner.ident, set()).add(message.id)
+            self._changes.plugin_ids.setdefault(runner.ident, set()).add(message.id)
             self.stats.plugin_history[runner.ident] += 1
         self._run(runners, message)
         self._flush_if_due()
@@ -275,14 +281,14 @@ class Pipeline:
         not yet counted for it, and either counted for the others before it was registered or
         older than where the shared backfill counts for every plugin."""
         history = self.histories.get(ident)
-        if history is None or message.id in self._pending_ids:
+        if history is None or message.id in self._changes.ids:
             return False
-        pending = self._plugin_ids.get(ident)
+        pending = self._changes.plugin_ids.get(ident)
         if (pending is not None and message.id in pending) or self.store.seen_by_plugin(
             ident, message.id
         ):
             return False
-        seen_at = self.store.seen_at(message.id)
+        seen_at = self.store.seen_at(message.id, message.epoch)
         if seen_at is not None:
             return seen_at < history.registered_at
         return message.epoch < history.cutoff
@@ -308,36 +314,45 @@ class Pipeline:
         return message
 
     def process(self, message: Message, source: str = "replay") -> Outcome:
-        """Count one normalized message, once."""
-        if message.id in self._pending_ids or self.store.is_seen(message.id):
+        """Count one normalized message, once: unless its id is in the dedup window (held in
+        memory, see ``ledger.py``) or among this flush's."""
+        msg_id, ts, seq = message.id, message.epoch, self._seq
+        if not self._seen.add(msg_id, ts, seq):
             self.stats.duplicates[source] += 1
             return "duplicate"
-        self._pending_ids.add(message.id)
+        self._seq = seq + 1
+        self._changes.ids[msg_id] = (ts, seq)
         self._run(self._route(message.topic), message)
         self.stats.processed[source] += 1
         self._flush_if_due()
         return "processed"
 
     def _run(self, runners: Iterable[_Runner], message: Message) -> None:
-        """Each plugin on the message, isolated; their emissions aggregated."""
-        ts, msg_id = message.epoch, message.id
-        add_all = self.aggregator.add_all
+        """Each plugin on the message, isolated (a plugin that raises loses its emissions for
+        the message, cut off the shared buffer); their emissions aggregated."""
+        ts = message.epoch
+        emitted = self._emitted
         for runner in runners:
+            mark = len(emitted)
             try:
                 runner.process(message, runner.out)
             except Exception as exc:
-                runner.out.drain()
+                del emitted[mark:]
                 self._plugin_failed(runner.ident, message, exc)
-                continue
-            emitted = runner.out.drain()
-            if emitted:
-                add_all(runner.ident, emitted, ts, msg_id)
+        if emitted:
+            try:
+                self.aggregator.add_all(emitted, ts, message.id)
+            finally:
+                emitted.clear()
         newest = self.stats.newest_message
         if newest is None or ts > newest:
             self.stats.newest_message = ts
+            if self._horizon is None or ts > self._horizon:
+                self._horizon = ts
 
     def _flush_if_due(self) -> None:
-        pending = len(self._pending_ids) + sum(map(len, self._plugin_ids.values()))
+        changes = self._changes
+        pending = len(changes.ids) + sum(map(len, changes.plugin_ids.values()))
         if pending >= self._max_batch or self.clock() - self._last_flush >= self._flush_every:
             self.flush()
 
@@ -369,21 +384,22 @@ class Pipeline:
     def cover(self, until: datetime) -> None:
         """A source vouches that every message up to ``until`` has been handed over; the
         next flush records it as the checkpoint (never moving it back)."""
-        if self._covered_until is None or until > self._covered_until:
-            self._covered_until = until
+        covered = self._changes.covered_until
+        if covered is None or until > covered:
+            self._changes.covered_until = until
 
     def cover_plugins(self, idents: Iterable[str], until: float) -> None:
         """Every message of these plugins' own history before ``until`` has been handed over;
         the next flush records it."""
         for ident in idents:
-            if until > self._plugin_covered.get(ident, float("-inf")):
-                self._plugin_covered[ident] = until
+            if until > self._changes.plugin_covered.get(ident, float("-inf")):
+                self._changes.plugin_covered[ident] = until
 
     def resume(self, name: str, position: str) -> None:
         """A reader (e.g. an import) has handed over every message up to ``position`` (its own
         text); the next flush commits it with their counts, so :meth:`Store.resume_point`
         never names a place past what is stored, nor before it."""
-        self._resume[name] = position
+        self._changes.resume[name] = position
 
     def flush_due(self) -> bool:
         return self.clock() - self._last_flush >= self._flush_every
@@ -398,51 +414,21 @@ class Pipeline:
         started = time.monotonic()
         self._last_flush = self.stats.last_flush_attempt = self.clock()
         batch = self.aggregator.drain()
-        if (
-            not batch
-            and not self._pending_ids
-            and self._covered_until is None
-            and not self._plugin_ids
-            and not self._plugin_covered
-            and not self._resume
-        ):
+        changes = self._changes
+        if not batch and not changes:
             return None
-        queue_at = self.outbox_resolution
-        if queue_at is not None and not self.outbox_accepting():
-            self.stats.outbox_overflow += sum(
-                1
-                for keys in (batch.counter_deltas, batch.gauge_candidates)
-                for k in keys
-                if k[2] == queue_at
-            )
-            queue_at = None
         try:
-            result = self.store.commit(
-                batch,
-                self._pending_ids,
-                self._covered_until,
-                outbox_resolution=queue_at,
-                plugin_ids=self._plugin_ids,
-                plugin_covered=self._plugin_covered,
-                resume=self._resume,
-            )
+            result = self.store.commit(batch, changes)
         except StoreError:
             self.aggregator.requeue(batch)
             raise
-        self._pending_ids = set()
-        self._covered_until = None
-        self._plugin_ids = {}
-        self._history_covered(self._plugin_covered)
-        self._plugin_covered = {}
-        self._resume = {}
-        if result.late_unqueued:
-            self.stats.outbox_late += result.late_unqueued
-            log.warning(
-                "%d bucket changes are older than the 1 s retention line and were not sent to "
-                "InfluxDB (it keeps the earlier full count); raise store.retention to import "
-                "history older than that",
-                result.late_unqueued,
-            )
+        self._changes = LedgerChanges()
+        self._history_covered(changes.plugin_covered)
+        if changes.covered_until is not None:
+            covered = changes.covered_until.timestamp()
+            if self._checkpoint is None or covered > self._checkpoint:
+                self._checkpoint = covered
+        self._seen.set_window(self._window())
         self.stats.flushes += 1
         self.stats.last_flush_seconds = time.monotonic() - started
         self.stats.last_flush_at = self.clock()
@@ -466,15 +452,23 @@ class Pipeline:
             else:
                 self.histories[ident] = dataclasses.replace(history, covered_until=until)
 
+    def _window(self) -> Window:
+        """Which ids the dedup window keeps (see ``ledger.py``): the dedup window back from
+        the newest message counted, and no later than where the gap filler starts again (the
+        checkpoint minus its overlap); and the last ``store.dedup_messages`` counted."""
+        checkpoint = None if self._checkpoint is None else self._checkpoint - self._overlap
+        return Window.of(self._horizon, self._span, checkpoint, self._seq, self._keep_count)
+
     def _maybe_prune(self) -> None:
         """Apply retention at most once a minute, relative to the newest message time (or
-        now, if that is earlier), so a replay of old history is not pruned as it lands."""
+        now, if that is earlier), so a replay of old history is not pruned as it lands; and
+        forget the ids the window no longer keeps."""
         now = self.clock()
         if now - self._last_prune < 60 or self.stats.newest_message is None:
             return
         self._last_prune = now
         reference = min(now, self.stats.newest_message)
-        self.store.prune(self._retention, reference, self._dedup_window)
+        self.store.prune(self._retention, reference, self._window())
 
     def close(self) -> None:
         """Final flush, then close the store."""
@@ -524,18 +518,13 @@ def open_pipeline(config: Config, available: Mapping[str, type[Plugin]] | None =
         store.close()
         raise
     if config.influxdb.enabled:
-        from statscache_exporter.influx import LineKeys
+        from statscache_exporter.influx import outbox_writer
 
-        keys = LineKeys(config.prometheus.prefix, config.influxdb.tags)
-        resolution = config.resolutions()[0]
         try:
-            store.prepare_outbox(
-                resolution, keys.fingerprint, keys.series_key, config.influxdb.batch_size
-            )
+            store.attach(outbox_writer(config))
         except BaseException:
             store.close()
             raise
-        pipeline.outbox_resolution = resolution
     return pipeline
 
 
@@ -548,5 +537,8 @@ def influx_sink_for(pipeline: Pipeline) -> InfluxSink | None:
 
     sink = InfluxSink(config.influxdb, str(config.store.path))
     pipeline.listeners.append(sink.notify)
-    pipeline.outbox_accepting = sink.accepting
+    writer = writer_of(pipeline.store.hooks)
+    if writer is not None:
+        writer.accepting = sink.accepting
+        sink.queued = writer.stats
     return sink

@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import re
-from collections.abc import Container, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from importlib.metadata import EntryPoint, entry_points
@@ -127,8 +127,9 @@ class Output:
 
     Emissions are buffered and only applied once ``process`` returns, so a plugin that raises
     half-way leaves nothing behind for that message. Label values are checked (strings, valid
-    Unicode) the first time a series is seen: ``known`` holds the series already checked
-    (the aggregator's), whose values need no second look.
+    Unicode) the first time a series is seen: ``known`` maps the series already checked (the
+    aggregator's) to their objects, which an emission then carries. The pipeline gives every
+    plugin's Output one shared buffer and cuts a failed plugin's part off it.
     """
 
     __slots__ = ("_emitted", "_known", "_metrics", "_plugin")
@@ -137,31 +138,28 @@ class Output:
         self,
         plugin: str,
         metrics: Mapping[str, Metric],
-        known: Container[tuple[str, tuple[str, ...]]] = (),
+        known: Mapping[tuple[str, tuple[str, ...]], Any] | None = None,
+        buffer: list[tuple[Metric, tuple[str, ...], float, Any]] | None = None,
     ) -> None:
         self._plugin = plugin
         self._metrics = metrics
-        self._known = known
-        self._emitted: list[tuple[Metric, tuple[str, ...], float]] = []
+        self._known = known if known is not None else {}
+        self._emitted = buffer if buffer is not None else []
 
     def inc(self, metric: str, amount: int = 1, /, **labels: str) -> None:
         """Add ``amount`` (a whole number ≥ 0) to a counter's series."""
         decl = self._metrics.get(metric)
         if decl is None or decl.kind != "counter":
             decl = self._declared(metric, "counter")
-        if amount.__class__ is not int and (
-            isinstance(amount, bool) or not isinstance(amount, int)
-        ):
+        if (
+            amount.__class__ is not int
+            and (isinstance(amount, bool) or not isinstance(amount, int))
+        ) or amount < 0:
             raise EmitError(
                 f"plugin {self._plugin!r}: counter {metric!r} takes a whole number ≥ 0, "
                 f"got {amount!r}"
             )
-        if amount < 0:
-            raise EmitError(
-                f"plugin {self._plugin!r}: counter {metric!r} takes a whole number ≥ 0, "
-                f"got {amount!r}"
-            )
-        self._emitted.append((decl, self._label_values(decl, labels), amount))
+        self._emit(decl, labels, amount)
 
     def set(self, metric: str, value: float, /, **labels: str) -> None:
         """Set a gauge's series to ``value`` as of this message's time."""
@@ -172,14 +170,29 @@ class Output:
             raise EmitError(
                 f"plugin {self._plugin!r}: gauge {metric!r} takes a number, got {value!r}"
             )
-        self._emitted.append((decl, self._label_values(decl, labels), float(value)))
+        self._emit(decl, labels, float(value))
 
     def drain(self) -> list[tuple[Metric, tuple[str, ...], float]]:
         """The emissions so far, emptied: (metric, label values in declared order, amount)."""
-        emitted = self._emitted
-        if emitted:
-            self._emitted = []
+        emitted = [(m, labels, amount) for m, labels, amount, _ in self._emitted]
+        self._emitted.clear()
         return emitted
+
+    def _emit(self, decl: Metric, labels: Mapping[str, Any], amount: float) -> None:
+        names = decl.labels
+        if len(labels) != len(names):
+            self._wrong_labels(decl, labels)
+        try:
+            values = tuple([labels[name] for name in names])
+        except KeyError:
+            self._wrong_labels(decl, labels)
+        try:
+            series = self._known.get((decl.name, values))
+        except TypeError:  # an unhashable value: named below
+            series = None
+        if series is None:
+            self._check_values(decl, values)
+        self._emitted.append((decl, values, amount, series))
 
     def _declared(self, metric: str, kind: Kind) -> Metric:
         decl = self._metrics.get(metric)
@@ -195,21 +208,9 @@ class Output:
             )
         return decl
 
-    def _label_values(self, decl: Metric, labels: Mapping[str, Any]) -> tuple[str, ...]:
-        names = decl.labels
-        if len(labels) != len(names):
-            self._wrong_labels(decl, labels)
-        try:
-            values = tuple([labels[name] for name in names])
-        except KeyError:
-            self._wrong_labels(decl, labels)
-        try:
-            if (decl.name, values) in self._known:
-                return values
-        except TypeError:  # an unhashable value: named below
-            pass
-        for name, value in zip(names, values, strict=True):
-            if value.__class__ is not str and not isinstance(value, str):
+    def _check_values(self, decl: Metric, values: tuple[Any, ...]) -> None:
+        for name, value in zip(decl.labels, values, strict=True):
+            if not isinstance(value, str):
                 raise EmitError(
                     f"plugin {self._plugin!r}: label {name!r} of {decl.name!r} must be a "
                     f"string, got {type(value).__name__} {value!r}"
@@ -219,7 +220,6 @@ class Output:
                     f"plugin {self._plugin!r}: label {name!r} of {decl.name!r} is not valid "
                     f"Unicode: {value[:80]!r}"
                 )
-        return values
 
     def _wrong_labels(self, decl: Metric, labels: Mapping[str, Any]) -> NoReturn:
         raise EmitError(

@@ -221,12 +221,12 @@ class SelfMetrics:
             (
                 "influxdb_outbox_overflow",
                 "Bucket changes not queued for InfluxDB because the outbox was full",
-                self.pipeline.stats.outbox_overflow,
+                sink.queued.overflow,
             ),
             (
                 "influxdb_late_unsent",
                 "Late changes to seconds retention had pruned, not sent to InfluxDB",
-                self.pipeline.stats.outbox_late,
+                sink.queued.late_unsent,
             ),
         ]
         for name, help, value in counters:

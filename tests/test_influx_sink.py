@@ -15,7 +15,8 @@ import pytest
 
 from statscache_exporter.aggregate import Batch, GaugeValue, Series
 from statscache_exporter.influx import InfluxSink, LineKeys, WriteResult
-from statscache_exporter.outbox import Outbox
+from statscache_exporter.ledger import LedgerChanges, Window
+from statscache_exporter.outbox import Outbox, OutboxWriter
 from statscache_exporter.pipeline import influx_sink_for
 from statscache_exporter.plugin import Counter, Gauge
 from statscache_exporter.reader import Reader
@@ -56,6 +57,20 @@ def fedmsg(
 
 def influx_section(**extra: Any) -> dict[str, Any]:
     return {"enabled": True, "url": "http://127.0.0.1:9", "tags": {"instance": "t1"}, **extra}
+
+
+#: a dedup window that forgets no id
+KEEP_IDS = Window(float("-inf"), 0)
+
+
+def attach_outbox(store: Store, keys: LineKeys, part_lines: int) -> None:
+    """The InfluxDB outbox on a store, as open_pipeline attaches it (1 s base resolution)."""
+    store.attach(OutboxWriter(1, keys.fingerprint, keys.series_key, part_lines))
+
+
+def counted(*ids: str) -> LedgerChanges:
+    """A flush's ledger part for these message ids (message time T0)."""
+    return LedgerChanges(ids={i: (T0, n) for n, i in enumerate(ids)})
 
 
 def sink_for(p: Any, writer: Scripted) -> InfluxSink:
@@ -118,12 +133,12 @@ def test_the_flush_queues_each_point_with_its_line(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite"
     store = Store(path)
     keys = LineKeys("x_", {})
-    store.prepare_outbox(1, keys.fingerprint, keys.series_key, 5000)
+    attach_outbox(store, keys, 5000)
     for value, n in ((0.1 + 0.2, 3), (1e21, 4)):
         batch = Batch(series=dict(series))
         batch.counter_deltas = {("c", ("o b",), 1, T0): n, ("odd", ("a\tb",), 1, T0): 1}
         batch.gauge_candidates = {("g", (), 1, T0): GaugeValue(T0 + n, f"m{n}", value)}
-        store.commit(batch, [f"m{n}"], outbox_resolution=1)
+        store.commit(batch, counted(f"m{n}"))
     assert pending(path) == [
         f"x_c,user=o\\ b count=3i {T0}",
         f"x_g value=0.30000000000000004 {T0}",
@@ -142,10 +157,10 @@ def test_a_flush_is_cut_into_parts_of_batch_size_lines_in_time_order(tmp_path: P
     path = tmp_path / "s.sqlite"
     store = Store(path)
     keys = LineKeys("x_", {})
-    store.prepare_outbox(1, keys.fingerprint, keys.series_key, 4)
+    attach_outbox(store, keys, 4)
     batch = Batch(series=dict(series))
     batch.counter_deltas = {("c", (u,), 1, T0 + t): 1 for u in users for t in (2, 0, 1)}
-    store.commit(batch, ["m1"], outbox_resolution=1)
+    store.commit(batch, counted("m1"))
     db = sqlite3.connect(path)
     parts = db.execute("SELECT first_start, lines, body FROM outbox ORDER BY id").fetchall()
     db.close()
@@ -167,15 +182,15 @@ def test_new_global_tags_rebuild_the_queued_lines(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite"
     store = Store(path)
     old = LineKeys("x_", {"instance": "a"})
-    store.prepare_outbox(1, old.fingerprint, old.series_key, 5000)
+    attach_outbox(store, old, 5000)
     batch = Batch(series=dict(s))
     batch.counter_deltas = {("c", ("u",), 1, T0): 2, ("c", ("a b",), 1, T0): 3}
     batch.counter_deltas[("c", ("a\tb",), 1, T0)] = 1
-    store.commit(batch, ["m1"], outbox_resolution=1)
+    store.commit(batch, counted("m1"))
     store.close()
     store = Store(path)
     new = LineKeys("y_", {"instance": "b c"})
-    store.prepare_outbox(1, new.fingerprint, new.series_key, 5000)
+    attach_outbox(store, new, 5000)
     store.close()
     assert pending(path) == [
         f"y_c,instance=b\\ c,user=u count=2i {T0}",
@@ -190,20 +205,20 @@ def test_a_tag_that_makes_a_series_unwritable_sets_its_queued_points_aside(tmp_p
     path = tmp_path / "s.sqlite"
     store = Store(path)
     keys = LineKeys("x_", {})
-    store.prepare_outbox(1, keys.fingerprint, keys.series_key, 5000)
+    attach_outbox(store, keys, 5000)
     batch = Batch(series=dict(s))
     batch.counter_deltas = {("c", ("u",), 1, T0): 2, ("c", ("u",), 1, T0 + 1): 1}
-    store.commit(batch, ["m1"], outbox_resolution=1)
+    store.commit(batch, counted("m1"))
     store.close()
     store = Store(path)
     keys = LineKeys("x_", {"site": "trailing\\"})  # no longer writable: set aside
-    store.prepare_outbox(1, keys.fingerprint, keys.series_key, 5000)
+    attach_outbox(store, keys, 5000)
     store.close()
     assert pending(path) == []
     assert aside(path) == [(T0, "c", None), (T0 + 1, "c", None)]
     store = Store(path)
     keys = LineKeys("x_", {"site": "s"})  # writable again: queued again, with full counts
-    store.prepare_outbox(1, keys.fingerprint, keys.series_key, 5000)
+    attach_outbox(store, keys, 5000)
     store.close()
     assert pending(path) == [
         f"x_c,site=s,user=u count=2i {T0}",
@@ -220,12 +235,13 @@ def test_a_schema_4_outbox_is_carried_over_and_lined(tmp_path: Path) -> None:
     store = Store(path)
     batch = Batch(series={("c", ()): Series("p", count, (), 0.0)})
     batch.counter_deltas = {("c", (), 1, T0): 5, ("c", (), 1, T0 + 1): 6}
-    store.commit(batch, ["m1"])
+    store.commit(batch, counted("m1"))
     store.close()
     db = sqlite3.connect(path)  # back to schema 4, as version 4 wrote it
     db.executescript(
         f"""
-        DROP TABLE outbox; DROP TABLE outbox_aside; DROP TABLE influx_keys;
+        DROP TABLE IF EXISTS outbox; DROP TABLE IF EXISTS outbox_aside;
+        DROP TABLE IF EXISTS influx_keys;
         CREATE TABLE outbox (start INTEGER NOT NULL, series INTEGER NOT NULL,
             seq INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0,
             value NOT NULL, since REAL NOT NULL, PRIMARY KEY (start, series)) WITHOUT ROWID;
@@ -239,7 +255,7 @@ def test_a_schema_4_outbox_is_carried_over_and_lined(tmp_path: Path) -> None:
     db.close()
     store = Store(path)
     keys = LineKeys("x_", {})
-    store.prepare_outbox(1, keys.fingerprint, keys.series_key, 5000)
+    attach_outbox(store, keys, 5000)
     store.close()
     assert pending(path) == [f"x_c count=5i {T0}", f"x_c count=6i {T0 + 1}"]
     assert aside(path) == []  # T0 - 9: its bucket is gone, nothing to send
@@ -253,7 +269,7 @@ def test_a_schema_6_outbox_is_carried_over_in_parts(tmp_path: Path) -> None:
     store = Store(path)
     batch = Batch(series={("c", (u,)): Series("p", count, (u,), 0.0) for u in "ab"})
     batch.counter_deltas = {("c", (u,), 1, T0): 1 for u in "ab"}
-    store.commit(batch, ["m1"])
+    store.commit(batch, counted("m1"))
     store.close()
     queued = [
         (T0 + t, 1 + i, f"x_c,user={u} count=1i {T0 + t}")
@@ -263,7 +279,7 @@ def test_a_schema_6_outbox_is_carried_over_in_parts(tmp_path: Path) -> None:
     db = sqlite3.connect(path)
     db.executescript(
         f"""
-        DROP TABLE outbox; DROP TABLE outbox_aside;
+        DROP TABLE IF EXISTS outbox; DROP TABLE IF EXISTS outbox_aside;
         CREATE TABLE outbox (start INTEGER NOT NULL, series INTEGER NOT NULL,
             seq INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0,
             since REAL NOT NULL, line TEXT, PRIMARY KEY (start, series)) WITHOUT ROWID;
@@ -276,7 +292,9 @@ def test_a_schema_6_outbox_is_carried_over_in_parts(tmp_path: Path) -> None:
     db.executemany("INSERT INTO outbox VALUES (?, ?, 2, 0, 2.0, ?)", queued)
     db.commit()
     db.close()
-    Store(path).close()
+    store = Store(path)
+    attach_outbox(store, LineKeys("x_", {}), 5000)
+    store.close()
     assert Reader(path).outbox_state() == (4, 1, 2.0)
     assert pending(path) == [line for *_, line in sorted(queued)]
     assert aside(path) == [(T0 + 5, "c", f"x_c,user=b count=x {T0 + 5}")]
@@ -465,7 +483,7 @@ def test_the_outbox_is_bounded_and_the_overflow_counted(open_store: Any) -> None
     p.handle(fedmsg(0, T0))
     p.flush()
     assert pending(p.store.path) == []
-    assert p.stats.outbox_overflow == 3  # volume, by category, by topic
+    assert sink.queued.overflow == 3  # volume, by category, by topic
     sink.stats.pending = 0
     p.handle(fedmsg(1, T0 + 5))
     p.flush()
@@ -478,14 +496,14 @@ def test_retention_keeps_buckets_influxdb_has_not_acknowledged(open_store: Any) 
     p.handle(fedmsg(0, T0 - 7200))
     p.handle(fedmsg(1, T0))
     p.flush()
-    p.store.prune(p.config.retention_seconds(), T0, 86400)
+    p.store.prune(p.config.retention_seconds(), T0, KEEP_IDS)
     seconds = {b[3] for b in p.store.dump()["buckets"] if b[0] == "messages" and b[2] == 1}
     assert seconds == {T0 - 7200, T0}  # the old one is still queued
     outbox = Outbox(p.store.path)
     sink = sink_for(p, Scripted())
     while sink.send_batch(outbox) > 0:
         pass
-    p.store.prune(p.config.retention_seconds(), T0, 86400)
+    p.store.prune(p.config.retention_seconds(), T0, KEEP_IDS)
     seconds = {b[3] for b in p.store.dump()["buckets"] if b[0] == "messages" and b[2] == 1}
     assert seconds == {T0}
 

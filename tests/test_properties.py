@@ -512,9 +512,9 @@ def run_keyed(keyed: list[tuple[tuple[str, int, int, int], int]], cuts: set[int]
     gauges: dict[tuple[Any, ...], GaugeValue] = {}
 
     def drain() -> None:
-        batch = agg.drain()
-        counts.update(batch.counter_deltas)
-        for key, value in batch.gauge_candidates.items():
+        deltas, candidates = agg.drain().at_every_resolution()
+        counts.update(deltas)
+        for key, value in candidates.items():
             gauges[key] = max(gauges[key], value) if key in gauges else value
 
     for position, ((label, sec, ms, amount), n) in enumerate(keyed):

@@ -848,36 +848,52 @@ class Clock:
         return self.now
 
 
-def age_ids(pipeline: Any, hours: float) -> None:
-    """Make every stored id look ``hours`` older: as if it had been stored that long ago."""
-    pipeline.store.db.execute("UPDATE seen SET stored_at = stored_at - ?", (hours * 3600,))
-
-
-def seen_again(open_store: Any, stored_hours_ago: float) -> tuple[str, float]:
-    """A message counted, its id aged, the store pruned (the pipeline prunes at most once a
-    minute, on a flush), then the same message again: its outcome and the messages total."""
-    clock = Clock(T0 + 600)
-    p = open_store(clock=clock)  # store.dedup_window: the default, 48 h
+def seen_again(
+    open_store: Any, hours_later: float, restart: bool = False, name: str = "store.sqlite"
+) -> tuple[str, float]:
+    """A message counted, then newer ones up to ``hours_later`` hours after it (the horizon),
+    the store pruned (the pipeline prunes at most once a minute, on a flush), optionally a
+    restart, then the same message again: its outcome and the messages total. Only the last
+    message counted is kept by count (``store.dedup_messages: 1``), so the time window alone
+    decides."""
+    later = T0 + hours_later * 3600
+    clock = Clock(later + 600)
+    settings = {"store": {"dedup_messages": 1}}  # store.dedup_window: the default, 48 h
+    p = open_store(name, clock=clock, **settings)
     message = fedmsg("org.fedoraproject.prod.bodhi.update.comment", "seen-once", T0)
     assert p.handle(message) == "processed"
     p.flush()
-    age_ids(p, stored_hours_ago)
+    assert p.handle(fedmsg("org.fedoraproject.prod.bodhi.x", "later", later)) == "processed"
+    p.flush()
     clock.now += 61
-    assert p.handle(fedmsg("org.fedoraproject.prod.bodhi.x", "another", T0 + 1)) == "processed"
-    p.flush()  # prunes ids stored more than the dedup window ago
+    assert p.handle(fedmsg("org.fedoraproject.prod.bodhi.x", "last", later + 1)) == "processed"
+    p.flush()  # prunes the ids the window no longer keeps
+    if restart:
+        p.close()
+        p = open_store(name, clock=clock, **settings)
     outcome = p.handle(message)
     p.flush()
     return outcome, p.store.totals_by_metric("messages")["{}"]
 
 
 def test_within_the_dedup_window_a_message_seen_again_counts_once(open_store: Any) -> None:
-    assert seen_again(open_store, stored_hours_ago=47) == ("duplicate", 2)
+    """The window is in message time: 47 h of newer messages later, a message is still known."""
+    assert seen_again(open_store, hours_later=47) == ("duplicate", 3)
 
 
 def test_past_the_dedup_window_a_message_seen_again_counts_again(open_store: Any) -> None:
-    """The window bounds the store: an id stored more than ``store.dedup_window`` ago is
-    forgotten, and a redelivery of its message after that is counted a second time."""
-    assert seen_again(open_store, stored_hours_ago=49) == ("processed", 3)
+    """The window bounds memory and the store: once the newest message counted is more than
+    ``store.dedup_window`` younger than a message (and it is not among the last
+    ``store.dedup_messages`` counted), its id is forgotten, and the same message seen after
+    that is counted a second time."""
+    assert seen_again(open_store, hours_later=49) == ("processed", 4)
+
+
+def test_the_dedup_window_is_the_same_across_a_restart(open_store: Any) -> None:
+    """The ids of the window are loaded from the store at start, and what the window forgot
+    before the restart stays forgotten."""
+    assert seen_again(open_store, 47, restart=True, name="a.sqlite") == ("duplicate", 3)
+    assert seen_again(open_store, 49, restart=True, name="b.sqlite") == ("processed", 4)
 
 
 def test_a_lost_store_restarts_from_zero_and_a_replay_rebuilds_it_exactly(

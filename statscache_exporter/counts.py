@@ -1,0 +1,289 @@
+"""The counts: series, their buckets at every resolution, and their totals.
+
+- ``series``: one row per (metric, labels), with the plugin and kind; labels as sorted JSON.
+- ``buckets``: (resolution, start, series) → the bucket's full value; for gauges also the
+  (ts, msg_id) of the message that set it, so a late older message never overwrites it. Keyed
+  the way it is written: a flush's buckets are the seconds (minutes, hours, days) it covered,
+  so its rows go to the right-hand end of each resolution's range, a few pages, and retention
+  deletes a range from the left.
+- ``totals``: series → cumulative count (counters) or current value (gauges).
+
+A flush writes the base interval's deltas (and gauge candidates) into two temporary tables,
+then derives every resolution from them in SQL, each from the next finer one (a minute's rows
+make the hour's): a coarser bucket is the sum of the deltas in it, or the newest of the
+candidates, which is what adding each emission at every resolution would give (sums and that
+max are both associative). One upsert statement per resolution writes each into ``buckets``.
+Rows go in as multi-row ``VALUES`` statements of up to :data:`ROWS_PER_STATEMENT` rows:
+binding parameters row by row (``executemany``) cost several times what SQLite's own work did.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Mapping, Sequence
+from functools import cache
+from itertools import chain
+from typing import Any
+
+from statscache_exporter.aggregate import Batch, GaugeValue, Series, SeriesKey
+from statscache_exporter.plugin import Metric
+
+#: rows per multi-row INSERT (SQLite allows 32,766 parameters a statement since 3.32)
+ROWS_PER_STATEMENT = 1000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS series (
+    id INTEGER PRIMARY KEY,
+    plugin TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('counter', 'gauge')),
+    labels TEXT NOT NULL,
+    created REAL NOT NULL DEFAULT 0,
+    UNIQUE (metric, labels)
+);
+CREATE TABLE IF NOT EXISTS buckets (
+    resolution INTEGER NOT NULL,
+    start INTEGER NOT NULL,
+    series INTEGER NOT NULL REFERENCES series(id),
+    value NOT NULL,
+    ts REAL,
+    msg_id TEXT,
+    PRIMARY KEY (resolution, start, series)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS totals (
+    series INTEGER PRIMARY KEY REFERENCES series(id),
+    value NOT NULL,
+    ts REAL,
+    msg_id TEXT
+);
+"""
+
+#: the flush's base-interval changes, per connection, emptied by each flush
+TEMP_SCHEMA = """
+CREATE TEMP TABLE IF NOT EXISTS flush_counts (
+    series INTEGER NOT NULL, start INTEGER NOT NULL, value INTEGER NOT NULL
+);
+CREATE TEMP TABLE IF NOT EXISTS flush_gauges (
+    series INTEGER NOT NULL, start INTEGER NOT NULL, value REAL NOT NULL,
+    ts REAL NOT NULL, msg_id TEXT NOT NULL
+);
+"""
+
+_UPSERT_COUNTS = """
+INSERT INTO buckets (resolution, start, series, value)
+SELECT :res, start, series, value FROM {source} WHERE true
+ON CONFLICT (resolution, start, series) DO UPDATE SET value = value + excluded.value
+"""
+_ROLL_COUNTS = """
+INSERT INTO {into} SELECT start / :res * :res, series, sum(value) FROM {source} GROUP BY 1, 2
+"""
+# a gauge bucket takes the newest candidate (by ts, then msg_id) where it is newer than its own
+_UPSERT_GAUGES = """
+INSERT INTO buckets (resolution, start, series, value, ts, msg_id)
+SELECT :res, start, series, value, ts, msg_id FROM {source} WHERE true
+ON CONFLICT (resolution, start, series) DO UPDATE
+SET value = excluded.value, ts = excluded.ts, msg_id = excluded.msg_id
+WHERE (excluded.ts, excluded.msg_id) > (buckets.ts, buckets.msg_id)
+"""
+_ROLL_GAUGES = """
+INSERT INTO {into} SELECT s, series, value, ts, msg_id FROM (
+    SELECT start / :res * :res AS s, series, value, ts, msg_id, row_number() OVER (
+        PARTITION BY series, start / :res * :res ORDER BY ts DESC, msg_id DESC) AS n
+    FROM {source})
+WHERE n = 1
+"""
+
+
+def roll_sources(resolutions: Sequence[int]) -> dict[int, int]:
+    """Each coarser resolution → the finer one it is rolled up from: the coarsest earlier one
+    whose buckets tile it (a multiple of it), so a minute's rows make the hour's, the hour's
+    the day's; the base interval otherwise."""
+    sources: dict[int, int] = {}
+    for i, res in enumerate(resolutions[1:], start=1):
+        sources[res] = next((r for r in reversed(resolutions[:i]) if res % r == 0), resolutions[0])
+    return sources
+
+
+@cache
+def _values_sql(head: str, columns: int, rows: int) -> str:
+    row = "(" + ",".join("?" * columns) + ")"
+    return f"{head} VALUES {','.join([row] * rows)}"
+
+
+def insert_rows(db: sqlite3.Connection, head: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    """``head`` (``INSERT INTO t (a, b)``) with ``rows``, as multi-row VALUES statements."""
+    if not rows:
+        return
+    columns = len(rows[0])
+    for i in range(0, len(rows), ROWS_PER_STATEMENT):
+        chunk = rows[i : i + ROWS_PER_STATEMENT]
+        db.execute(_values_sql(head, columns, len(chunk)), list(chain.from_iterable(chunk)))
+
+
+def labels_json(series: Series) -> str:
+    """Canonical text of a series' labels: JSON with sorted keys, no spaces."""
+    return json.dumps(series.label_dict(), sort_keys=True, separators=(",", ":"))
+
+
+class Counts:
+    """Series ids, and the counts' writes and reads, on the store's connection."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.series_ids: dict[SeriesKey, int] = {}
+
+    def load(
+        self, metrics: Mapping[str, tuple[str, Metric]]
+    ) -> tuple[dict[SeriesKey, Series], dict[SeriesKey, int | GaugeValue]]:
+        """The series and totals of the given metrics (name → (plugin, declaration)).
+
+        Series of metrics no longer declared stay in the store untouched but are not loaded.
+        """
+        series: dict[SeriesKey, Series] = {}
+        totals: dict[SeriesKey, int | GaugeValue] = {}
+        rows = self.db.execute(
+            "SELECT s.id, s.metric, s.labels, s.created, t.value, t.ts, t.msg_id "
+            "FROM series s LEFT JOIN totals t ON t.series = s.id"
+        )
+        for sid, name, labels, created, value, ts, msg_id in rows:
+            if name not in metrics:
+                continue
+            plugin, metric = metrics[name]
+            stored = json.loads(labels)
+            if set(stored) != set(metric.labels):
+                continue  # the plugin changed its labels; the old series stays in the store
+            key: SeriesKey = (name, tuple(stored[label] for label in metric.labels))
+            series[key] = Series(plugin, metric, key[1], created)
+            self.series_ids[key] = sid
+            if value is None:
+                continue
+            if metric.kind == "counter":
+                totals[key] = int(value)
+            else:
+                totals[key] = GaugeValue(float(ts), str(msg_id), float(value))
+        return series, totals
+
+    # --- writing, inside the flush's transaction -------------------------------------------
+
+    def insert_series(self, db: sqlite3.Connection, batch: Batch) -> list[SeriesKey]:
+        """Give the batch's new series their ids; the keys of those that were new."""
+        new = [key for key in batch.series if key not in self.series_ids]
+        for key in new:
+            s = batch.series[key]
+            row = db.execute(
+                "INSERT INTO series (plugin, metric, kind, labels, created) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (metric, labels) DO UPDATE SET plugin = excluded.plugin RETURNING id",
+                (s.plugin, s.metric.name, s.metric.kind, labels_json(s), s.created),
+            ).fetchone()
+            self.series_ids[key] = int(row[0])
+        return new
+
+    def forget(self, keys: Sequence[SeriesKey]) -> None:
+        """The ids of these series were rolled back with their transaction."""
+        for key in keys:
+            self.series_ids.pop(key, None)
+
+    def stage(self, db: sqlite3.Connection, batch: Batch) -> None:
+        """The batch's base-interval changes into the flush tables (the hooks read them too)."""
+        db.execute("DELETE FROM flush_counts")
+        db.execute("DELETE FROM flush_gauges")
+        sid = self.series_ids
+        insert_rows(
+            db,
+            "INSERT INTO flush_counts (series, start, value)",
+            [(sid[(m, lv)], start, n) for (m, lv, _, start), n in batch.counter_deltas.items()],
+        )
+        insert_rows(
+            db,
+            "INSERT INTO flush_gauges (series, start, value, ts, msg_id)",
+            [
+                (sid[(m, lv)], start, g.value, g.ts, g.msg_id)
+                for (m, lv, _, start), g in batch.gauge_candidates.items()
+            ],
+        )
+
+    def write(self, db: sqlite3.Connection, batch: Batch) -> None:
+        """Every resolution's buckets from the staged changes, and the touched totals. Each
+        coarser resolution is grouped from the one it is rolled up from (``roll_sources``),
+        into a table of its own, then applied: every row is grouped once per resolution,
+        from fewer rows at each step."""
+        base, sources = batch.resolutions[0], roll_sources(batch.resolutions)
+        for kind, staged, upsert, roll, changed in (
+            ("c", "flush_counts", _UPSERT_COUNTS, _ROLL_COUNTS, batch.counter_deltas),
+            ("g", "flush_gauges", _UPSERT_GAUGES, _ROLL_GAUGES, batch.gauge_candidates),
+        ):
+            if not changed:
+                continue
+            db.execute(upsert.format(source=staged), {"res": base})
+            for res, parent in sources.items():
+                into = self._roll_table(db, kind, res)
+                source = staged if parent == base else f"flush_{kind}{parent}"
+                db.execute(roll.format(into=into, source=source), {"res": res})
+                db.execute(upsert.format(source=into), {"res": res})
+        sid = self.series_ids
+        insert_rows(
+            db,
+            "INSERT OR REPLACE INTO totals (series, value, ts, msg_id)",
+            [
+                (sid[key], t.value, t.ts, t.msg_id)
+                if isinstance(t, GaugeValue)
+                else (sid[key], t, None, None)
+                for key, t in batch.totals.items()
+            ],
+        )
+
+    @staticmethod
+    def _roll_table(db: sqlite3.Connection, kind: str, res: int) -> str:
+        """The (emptied) temporary table of one resolution's rolled-up changes."""
+        name = f"flush_{kind}{res}"
+        columns = "start, series, value" if kind == "c" else "start, series, value, ts, msg_id"
+        db.execute(f"CREATE TEMP TABLE IF NOT EXISTS {name} ({columns})")
+        db.execute(f"DELETE FROM {name}")
+        return name
+
+    @staticmethod
+    def prune(db: sqlite3.Connection, resolution: int, before: int) -> int:
+        """Delete the buckets of ``resolution`` that start before ``before``."""
+        cur = db.execute(
+            "DELETE FROM buckets WHERE resolution = ? AND start < ?", (resolution, before)
+        )
+        return cur.rowcount
+
+    # --- inspection ----------------------------------------------------------------------
+
+    def dump(self) -> dict[str, Any]:
+        buckets = sorted(
+            self.db.execute(
+                "SELECT s.metric, s.labels, b.resolution, b.start, b.value, b.ts, b.msg_id "
+                "FROM buckets b JOIN series s ON s.id = b.series"
+            )
+        )
+        totals = sorted(
+            self.db.execute(
+                "SELECT s.metric, s.labels, t.value, t.ts, t.msg_id FROM totals t "
+                "JOIN series s ON s.id = t.series"
+            )
+        )
+        return {"buckets": buckets, "totals": totals}
+
+    def series_per_plugin(self) -> dict[str, int]:
+        return dict(
+            self.db.execute("SELECT plugin, count(*) FROM series GROUP BY plugin ORDER BY plugin")
+        )
+
+    def totals_by_metric(self, metric: str) -> dict[str, float]:
+        """Labels JSON → total, for one metric."""
+        return dict(
+            self.db.execute(
+                "SELECT s.labels, t.value FROM totals t JOIN series s ON s.id = t.series "
+                "WHERE s.metric = ?",
+                (metric,),
+            )
+        )
+
+    def has_series(self, ident: str) -> bool:
+        return (
+            self.db.execute("SELECT 1 FROM series WHERE plugin = ? LIMIT 1", (ident,)).fetchone()
+            is not None
+        )
