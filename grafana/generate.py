@@ -103,6 +103,26 @@ def rate(selector: str) -> str:
     return f"rate({selector}[$__rate_interval])"
 
 
+#: The window of the recording rules in prometheus/rules.yaml (prometheus/generate.py), whose
+#: per-target series ``<level>:<PREFIX><metric>:rate5m`` the busiest panels read.
+RECORDED_WINDOW = "5m"
+
+
+def recorded_rate(level: str, metric: str, labels: Sequence[str], *matchers: str) -> str:
+    """Per target (job, instance) and ``labels``, the per-second rate of the plugin counter
+    ``metric``: the recording rule's series (prometheus/rules.yaml) where Prometheus has it,
+    else the same rate computed from the counter. So the panel works with or without the
+    rules loaded, and per target: one scraped by another job, or a time before the rules
+    were loaded, falls back to the counter (``or`` takes the left side's series first)."""
+    keep = ", ".join(("job", "instance", *labels))
+    record = f"{level}:{PREFIX}{metric}:rate{RECORDED_WINDOW}"
+    counter = PREFIX + metric + "_total"
+    return (
+        f"(sum by ({keep}) ({sel(record, *matchers)})"
+        f" or sum by ({keep}) ({rate(sel(counter, *matchers))}))"
+    )
+
+
 # --- panels -------------------------------------------------------------------------------------
 
 
@@ -590,14 +610,14 @@ def bus_overview_prometheus() -> Json:
     by_category = PREFIX + "messages_by_category_total"
     rejected = SELF + "messages_rejected_total"
     duplicate = SELF + "messages_duplicate_total"
-    category_selector = sel(by_category, 'category=~"$category"')
+    category = 'category=~"$category"'
     panels = [
         stat(
             "Messages per second now",
             "Messages the exporters counted per second, now (rate over $__rate_interval). "
             "Counted when processed: a replay or a backfill shows as a burst.",
             "mps",
-            [prom(f"sum({rate(sel(messages))})", instant=True)],
+            [prom(f"sum({recorded_rate('instance', 'messages', ())})", instant=True)],
             decimals=2,
         ),
         stat(
@@ -627,7 +647,12 @@ def bus_overview_prometheus() -> Json:
             "Messages counted per second by each exporter instance (rate over "
             "$__rate_interval), by when they were processed.",
             "mps",
-            [prom(f"sum by (instance) ({rate(sel(messages))})", "{{instance}}")],
+            [
+                prom(
+                    f"sum by (instance) ({recorded_rate('instance', 'messages', ())})",
+                    "{{instance}}",
+                )
+            ],
             w=24,
         ),
         timeseries(
@@ -636,7 +661,16 @@ def bus_overview_prometheus() -> Json:
             "<prefix>.<env>., e.g. bodhi, buildsys, copr), stacked. Filter with the "
             "Category variable.",
             "mps",
-            [prom(f"sum by (category) ({rate(category_selector)})", "{{category}}")],
+            [
+                prom(
+                    "sum by (category) ("
+                    + recorded_rate(
+                        "instance_category", "messages_by_category", ["category"], category
+                    )
+                    + ")",
+                    "{{category}}",
+                )
+            ],
             w=24,
             h=10,
             stacked=True,
@@ -1227,7 +1261,14 @@ def release_engineering() -> Json:
             "Builds changing state per second, by the state they change to (building, "
             "complete, failed, canceled, deleted), stacked; by processing time.",
             "cps",
-            [prom(f"sum by (state) ({rate(m('koji_builds_total', *koji))})", "{{state}}")],
+            [
+                prom(
+                    "sum by (state) ("
+                    + recorded_rate("instance_koji_state", "koji_builds", ["koji", "state"], *koji)
+                    + ")",
+                    "{{state}}",
+                )
+            ],
             stacked=True,
         ),
         bargauge(
