@@ -12,7 +12,8 @@ CONFIG ?= config.yaml
 # apt-get as root, or through sudo when not root.
 APT    := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: run test lint typecheck unit system-deps test-deps venv clean bench fedora-certs screenshots
+.PHONY: run test lint typecheck unit system-deps test-deps venv clean bench fedora-certs screenshots \
+        prometheus-rules
 
 run: fedora-certs
 	$(BIN)/statscache-exporter run --config $(CONFIG)
@@ -39,8 +40,8 @@ unit: $(STAMP) test-deps $(DG_STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
-	$(BIN)/ruff check statscache_exporter plugins tests bench grafana
-	$(BIN)/ruff format --check statscache_exporter plugins tests bench grafana
+	$(BIN)/ruff check statscache_exporter plugins tests bench grafana prometheus
+	$(BIN)/ruff format --check statscache_exporter plugins tests bench grafana prometheus
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -87,7 +88,8 @@ system-deps:
 # prometheus (and promtool), without its recommended node exporter; influxdb (influxd 1.x);
 # rabbitmq-server (its scripts live in /usr/sbin and /usr/lib/rabbitmq/bin); postgresql and
 # libpq-dev (datagrepper's); gnupg (fedmsg signatures); openssl (a test's client certificate);
-# chromium and chromium-driver (the web UI's browser tests and `make screenshots`).
+# chromium and chromium-driver (the web UI's browser tests and `make screenshots`);
+# systemd (systemd-analyze checks contrib/systemd's unit; no systemd needs to run).
 test-deps:
 	@pkgs=; \
 	{ command -v prometheus && command -v promtool; } >/dev/null || pkgs="$$pkgs prometheus"; \
@@ -100,6 +102,7 @@ test-deps:
 	command -v openssl >/dev/null || pkgs="$$pkgs openssl"; \
 	[ -x /usr/bin/chromium ] || pkgs="$$pkgs chromium"; \
 	[ -x /usr/bin/chromedriver ] || pkgs="$$pkgs chromium-driver"; \
+	command -v systemd-analyze >/dev/null || pkgs="$$pkgs systemd"; \
 	[ -z "$$pkgs" ] || { \
 	  $(APT) update -q && $(APT) install -y -q --no-install-recommends $$pkgs; }
 
@@ -116,6 +119,11 @@ $(DG_STAMP): | system-deps test-deps
 	  koji-fedoramessaging-messages copr-messaging pagure-messages noggin-messages anitya-schema \
 	  discourse2fedmsg-messages
 	touch $(DG_STAMP)
+
+# prometheus/alerts.yaml and rules.yaml from prometheus/generate.py's Settings (job selector,
+# prefix, thresholds); tests/test_prometheus_rules.py fails while they are stale.
+prometheus-rules: $(STAMP)
+	$(BIN)/python prometheus/generate.py
 
 clean:
 	rm -rf $(VENV) $(DG_VENV) var build *.egg-info
