@@ -221,7 +221,7 @@ class HttpConfig:
     read_timeout: timedelta = timedelta(seconds=60)
     tls_handshake_timeout: timedelta = timedelta(seconds=10)
     #: request line and headers together
-    max_header_bytes: int = 16384
+    max_header_bytes: int = 65536
     max_body_bytes: int = 65536
 
 

@@ -41,6 +41,8 @@ WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 _Answer = tuple[int, list[tuple[str, str]], bytes]
 #: how long stop() waits for answers in flight before it closes their connections
 GRACE_SECONDS = 2.0
+#: most headers a request may have (as Python's http.server allowed)
+MAX_HEADERS = 100
 
 
 def listen(address: str, port: int) -> socket.socket:
@@ -91,7 +93,9 @@ def hypercorn_config(
     config.keep_alive_timeout = http.idle_timeout.total_seconds()
     config.read_timeout = max(1, round(http.read_timeout.total_seconds()))
     config.ssl_handshake_timeout = http.tls_handshake_timeout.total_seconds()
-    config.h11_max_incomplete_size = http.max_header_bytes
+    # a head still arriving may grow to twice the limit (memory stays bounded) before h11
+    # refuses it; a whole head is measured by the bridge, which says 414 or 431 exactly
+    config.h11_max_incomplete_size = 2 * http.max_header_bytes + 4096
     config.h2_max_header_list_size = http.max_header_bytes
     config.graceful_timeout = GRACE_SECONDS
     config.include_server_header = False
@@ -142,8 +146,13 @@ class AsgiBridge:
         await send({"type": "http.response.body", "body": answer})
 
     def _over_limits(self, scope: Any) -> tuple[int, str] | None:
-        """414 or 431 for a request head over ``max_head`` bytes. (hypercorn bounds a head
-        still arriving; one that arrived whole in one read is measured here.)"""
+        """505 for an HTTP version other than 1.0, 1.1 and 2; 414 or 431 for a request head
+        over ``max_head`` bytes, 431 for more than MAX_HEADERS headers. (hypercorn bounds a
+        head still arriving; a whole one is measured here.)"""
+        if scope["http_version"] not in ("1.0", "1.1", "2"):
+            return 505, f"HTTP/{scope['http_version'][:10]} is not spoken here (1.0, 1.1, 2)"
+        if len(scope["headers"]) > MAX_HEADERS:
+            return 431, f"the request has more than {MAX_HEADERS} headers"
         target = len(scope["raw_path"]) + len(scope["query_string"]) + 1
         line = len(scope["method"]) + target + len(" HTTP/1.1\r\n") + 1
         if line > self.max_head:
@@ -197,11 +206,23 @@ class AsgiBridge:
 
 
 def _refusal(status: int, text: str) -> _Answer:
-    """A request over a limit: plain text naming the limit; the connection then closes."""
-    limit = "http.max_body_bytes" if status == 413 else "http.max_header_bytes"
-    answer = f"{text} ({limit})\n".encode()
+    """A request refused before the app: plain text naming the limit; the connection then
+    closes."""
+    limit = {413: " (http.max_body_bytes)", 414: " (http.max_header_bytes)"}.get(status, "")
+    if status == 431 and "headers are larger" in text:
+        limit = " (http.max_header_bytes)"
+    answer = f"{text}{limit}\n".encode()
     headers = [("Content-Type", "text/plain; charset=utf-8"), ("Connection", "close")]
     return status, [*headers, ("Content-Length", str(len(answer)))], answer
+
+
+def _quiet_cancellations(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The loop's error handler, minus one false alarm: at stop, connections still open are
+    cancelled, and Python 3.11's stream callback then reports the cancellation as an error
+    (3.12 checks for it)."""
+    if isinstance(context.get("exception"), asyncio.CancelledError):
+        return
+    loop.default_exception_handler(context)
 
 
 def environ(scope: Any, body: bytes) -> dict[str, Any]:
@@ -272,6 +293,7 @@ class WebServer:
 
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._loop.set_exception_handler(_quiet_cancellations)
         self._stopping = asyncio.Event()
         self._ready.set()
         await serve(self.app, self.config, shutdown_trigger=self._stopping.wait, mode="asgi")

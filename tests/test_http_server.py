@@ -221,6 +221,8 @@ def test_request_head_and_body_limits(app: App) -> None:
         assert r.status_code == 200  # within the limit
         r = requests.get(f"{base}/api/volume?start=" + "1" * 4096, timeout=10)
         assert r.status_code == 414 and "http.max_header_bytes" in r.text
+        many = {f"X-{i}": "1" for i in range(101)}  # with requests' own: over 100 headers
+        assert requests.get(f"{base}/metrics", headers=many, timeout=10).status_code == 431
         r = requests.post(f"{base}/metrics", data=b"x" * 101, timeout=10)
         assert r.status_code == 413 and "http.max_body_bytes" in r.text
         # a chunked body over the limit, which no Content-Length announced
