@@ -338,6 +338,7 @@ class Pages:
             "metric": metric,
             "total": sum(v for _, v in points) if metric.kind == "counter" else None,
             "series": sum(series.get(m.name, 0) for m in cls.metrics),
+            "per_metric": {m.name: series.get(m.name, 0) for m in cls.metrics},
             "anchored": span.anchored,
             "svg": charts.sparkline(
                 points, f, chart_id=f"spark-{cls.ident}",
