@@ -19,9 +19,8 @@ import hashlib
 import json
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from statscache_exporter import schemas
 from statscache_exporter.text import is_text
@@ -58,14 +57,29 @@ class Rejected(ValueError):
         self.detail = detail
 
 
-@dataclass(frozen=True, slots=True)
 class Message:
-    """A bus message in one shape, whatever it arrived as.
+    """A bus message in one shape, whatever it arrived as. Immutable.
 
     ``timestamp`` is timezone-aware UTC; ``epoch`` is the same instant in seconds, which the
-    aggregation uses for bucketing. ``usernames`` and ``packages`` are sorted and unique.
+    aggregation uses for bucketing (computed from ``timestamp`` when not given).
+    ``usernames`` and ``packages`` are sorted and unique.
+
+    A plain class with slots rather than a frozen dataclass: built once per message, it costs
+    a fifth of one (whose ``__init__`` goes through ``object.__setattr__`` for every field).
     """
 
+    __slots__ = (
+        "agent",
+        "body",
+        "category",
+        "epoch",
+        "headers",
+        "id",
+        "packages",
+        "timestamp",
+        "topic",
+        "usernames",
+    )
     id: str
     topic: str
     timestamp: datetime
@@ -75,21 +89,99 @@ class Message:
     usernames: tuple[str, ...]
     packages: tuple[str, ...]
     agent: str | None
+    epoch: float
 
-    @property
-    def epoch(self) -> float:
-        return self.timestamp.timestamp()
+    def __init__(
+        self,
+        id: str,
+        topic: str,
+        timestamp: datetime,
+        body: Mapping[str, Any],
+        headers: Mapping[str, Any],
+        category: str | None,
+        usernames: tuple[str, ...],
+        packages: tuple[str, ...],
+        agent: str | None,
+        epoch: float | None = None,
+    ) -> None:
+        _SET_ID(self, id)
+        _SET_TOPIC(self, topic)
+        _SET_TIMESTAMP(self, timestamp)
+        _SET_BODY(self, body)
+        _SET_HEADERS(self, headers)
+        _SET_CATEGORY(self, category)
+        _SET_USERNAMES(self, usernames)
+        _SET_PACKAGES(self, packages)
+        _SET_AGENT(self, agent)
+        _SET_EPOCH(self, timestamp.timestamp() if epoch is None else epoch)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"Message is immutable: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"Message is immutable: cannot delete {name!r}")
+
+    def _fields(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in _FIELDS)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Message):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]  # bodies are dicts
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in _FIELDS)
+        return f"Message({shown})"
+
+
+_FIELDS = (
+    "id",
+    "topic",
+    "timestamp",
+    "body",
+    "headers",
+    "category",
+    "usernames",
+    "packages",
+    "agent",
+    "epoch",
+)
+# the slots' own setters: what __init__ writes through (its __setattr__ refuses)
+_SET_ID = Message.__dict__["id"].__set__
+_SET_TOPIC = Message.__dict__["topic"].__set__
+_SET_TIMESTAMP = Message.__dict__["timestamp"].__set__
+_SET_BODY = Message.__dict__["body"].__set__
+_SET_HEADERS = Message.__dict__["headers"].__set__
+_SET_CATEGORY = Message.__dict__["category"].__set__
+_SET_USERNAMES = Message.__dict__["usernames"].__set__
+_SET_PACKAGES = Message.__dict__["packages"].__set__
+_SET_AGENT = Message.__dict__["agent"].__set__
+_SET_EPOCH = Message.__dict__["epoch"].__set__
+
+#: (topic, environments) → category, for the few thousand topics of the bus
+_CATEGORIES: dict[tuple[str, frozenset[str]], str | None] = {}
 
 
 def category_of(topic: str, environments: Iterable[str] = DEFAULT_ENVIRONMENTS) -> str | None:
     """The category of a topic: ``topic.split('.')[3]`` when the topic carries a
     ``<prefix>.<env>.`` prefix, else its first component (fedora-messaging schema topics such
-    as ``bodhi.update.comment`` have none)."""
+    as ``bodhi.update.comment`` have none). Remembered per topic."""
+    envs = environments if isinstance(environments, frozenset) else frozenset(environments)
+    key = (topic, envs)
+    found = _CATEGORIES.get(key, _UNKNOWN)
+    if found is not _UNKNOWN:
+        return found  # type: ignore[return-value]
     parts = topic.split(".")
-    envs = environments if isinstance(environments, frozenset | set) else set(environments)
-    if len(parts) >= 4 and parts[2] in envs:
-        return parts[3] or None
-    return parts[0] or None
+    found = (parts[3] if len(parts) >= 4 and parts[2] in envs else parts[0]) or None
+    if len(_CATEGORIES) >= 100_000:  # made-up topics must not grow it without bound
+        _CATEGORIES.clear()
+    _CATEGORIES[key] = found
+    return found
+
+
+_UNKNOWN = object()
 
 
 def loads(data: bytes | str) -> Any:
@@ -147,14 +239,15 @@ def from_datagrepper_raw(
 
 def _envelope(
     env: Mapping[str, Any],
-) -> tuple[str, str, datetime, Mapping[str, Any], Mapping[str, Any]]:
-    """id, topic, time, body and headers of a fedmsg envelope (or a /raw item, which is one)."""
+) -> tuple[str, str, datetime, float, Mapping[str, Any], Mapping[str, Any]]:
+    """id, topic, time (and in seconds), body and headers of a fedmsg envelope (or a /raw
+    item, which is one)."""
     topic = _topic(env.get("topic"))
     body = _body(env.get("msg"), "msg")
     headers = _headers(env.get("headers"))
-    when = _epoch_timestamp(env.get("timestamp"), "timestamp")
+    when, epoch = _epoch_timestamp(env.get("timestamp"), "timestamp")
     msg_id = _message_id(env.get("msg_id"), "msg_id", topic, when, body)
-    return msg_id, topic, when, body, headers
+    return msg_id, topic, when, epoch, body, headers
 
 
 def from_datagrepper_v2(
@@ -169,7 +262,7 @@ def from_datagrepper_v2(
     headers = _headers(item.get("headers"))
     when = _iso_timestamp(headers.get("sent-at"), "headers.sent-at")
     msg_id = _message_id(item.get("id"), "id", topic, when, body)
-    return _build(msg_id, topic, when, body, headers, environments, use_schemas)
+    return _build(msg_id, topic, when, when.timestamp(), body, headers, environments, use_schemas)
 
 
 def from_fedora_messaging(
@@ -192,15 +285,17 @@ def from_fedora_messaging(
     msg_id = _message_id(item["id"], "id", topic, when, body)
     carried = _carried_from_headers(headers)
     if use_schemas:
-        carried = carried.fill(schemas.facts_of(message))
-    return _build(msg_id, topic, when, body, headers, environments, False, carried)
+        wanted = (carried.usernames is None, carried.packages is None, carried.agent is None)
+        carried = carried.fill(schemas.facts_of(message, wanted))
+    return _build(
+        msg_id, topic, when, when.timestamp(), body, headers, environments, False, carried
+    )
 
 
 # --- helpers ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Carried:
+class _Carried(NamedTuple):
     """What the message itself says about usernames, packages and agent (None: unknown)."""
 
     usernames: tuple[str, ...] | None = None
@@ -209,9 +304,9 @@ class _Carried:
 
     def fill(self, facts: schemas.Facts) -> _Carried:
         return _Carried(
-            usernames=self.usernames if self.usernames is not None else facts.usernames,
-            packages=self.packages if self.packages is not None else facts.packages,
-            agent=self.agent if self.agent is not None else facts.agent,
+            self.usernames if self.usernames is not None else facts.usernames,
+            self.packages if self.packages is not None else facts.packages,
+            self.agent if self.agent is not None else facts.agent,
         )
 
 
@@ -219,6 +314,7 @@ def _build(
     msg_id: str,
     topic: str,
     when: datetime,
+    epoch: float,
     body: Mapping[str, Any],
     headers: Mapping[str, Any],
     environments: Iterable[str],
@@ -227,20 +323,24 @@ def _build(
 ) -> Message:
     if carried is None:
         carried = _carried_from_headers(headers)
-    if use_schemas and (
-        carried.usernames is None or carried.packages is None or carried.agent is None
+    if (
+        use_schemas
+        and schemas.SCHEMA_HEADER in headers
+        and (carried.usernames is None or carried.packages is None or carried.agent is None)
     ):
-        carried = carried.fill(schemas.facts_for(topic, body, headers))
+        wanted = (carried.usernames is None, carried.packages is None, carried.agent is None)
+        carried = carried.fill(schemas.facts_for(topic, body, headers, wanted))
     return Message(
-        id=msg_id,
-        topic=topic,
-        timestamp=when,
-        body=body,
-        headers=headers,
-        category=category_of(topic, environments),
-        usernames=carried.usernames or (),
-        packages=carried.packages or (),
-        agent=carried.agent,
+        msg_id,
+        topic,
+        when,
+        body,
+        headers,
+        category_of(topic, environments),
+        carried.usernames or (),
+        carried.packages or (),
+        carried.agent,
+        epoch,
     )
 
 
@@ -283,7 +383,8 @@ def _headers(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _epoch_timestamp(value: Any, key: str) -> datetime:
+def _epoch_timestamp(value: Any, key: str) -> tuple[datetime, float]:
+    """The time of an epoch timestamp (or an ISO 8601 string in its place), and in seconds."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise Rejected("bad_timestamp", f"{key} is {value!r}")
     try:
@@ -291,13 +392,15 @@ def _epoch_timestamp(value: Any, key: str) -> datetime:
     except OverflowError:
         raise Rejected("bad_timestamp", f"{key} is out of range") from None
     except ValueError:
-        return _iso_timestamp(value, key)
+        when = _iso_timestamp(value, key)
+        return when, when.timestamp()
     if not math.isfinite(seconds) or seconds < 0:
         raise Rejected("bad_timestamp", f"{key} is {value!r}")
     try:
-        return datetime.fromtimestamp(seconds, UTC)
+        when = datetime.fromtimestamp(seconds, UTC)
     except (OverflowError, OSError, ValueError):
         raise Rejected("bad_timestamp", f"{key} {value!r} is out of range") from None
+    return when, when.timestamp()
 
 
 def _iso_timestamp(value: Any, key: str) -> datetime:

@@ -49,31 +49,59 @@ def registry() -> Mapping[str, type]:
     return classes
 
 
-def facts_for(topic: str, body: Mapping[str, Any], headers: Mapping[str, Any]) -> Facts:
-    """Facts from the schema class the headers name; NO_FACTS if none is installed."""
+def facts_for(
+    topic: str,
+    body: Mapping[str, Any],
+    headers: Mapping[str, Any],
+    wanted: tuple[bool, bool, bool] = (True, True, True),
+) -> Facts:
+    """Facts from the schema class the headers name; NO_FACTS if none is installed.
+    ``wanted``: which of usernames, packages and agent to ask it for (the others stay None):
+    schema properties walk the body, and the message often carries the rest itself."""
     name = headers.get(SCHEMA_HEADER)
     cls = registry().get(name) if isinstance(name, str) else None
     if cls is None:
         return NO_FACTS
     try:
-        # Schema packages warn when an old message class is instantiated; the exporter reads
-        # old messages on purpose (history, replays): that says nothing to its operator.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            properties = pika.BasicProperties(headers=dict(headers))
-            message = cls(body=body, topic=topic, properties=properties)
+        message = _wrap(cls, topic, body, headers)
     except Exception as exc:
         log.debug("schema %s cannot wrap a message on %s: %s", name, topic, exc)
         return NO_FACTS
-    return facts_of(message)
+    return facts_of(message, wanted)
 
 
-def facts_of(message: Any) -> Facts:
-    """Ask a fedora-messaging message object for its usernames, packages and agent."""
+#: schema classes seen to warn when instantiated (deprecated ones), and those seen not to
+_WARNS: dict[type, bool] = {}
+
+
+def _wrap(cls: type, topic: str, body: Mapping[str, Any], headers: Mapping[str, Any]) -> Any:
+    """An instance of the schema class for this message. Schema packages warn when an old
+    message class is instantiated; the exporter reads old messages on purpose (history,
+    replays): that says nothing to its operator. Silencing warnings costs more than the rest
+    of the call, so it is done only for the classes whose first instance warned."""
+    properties = pika.BasicProperties(headers=dict(headers))
+    warns = _WARNS.get(cls)
+    if warns is False:
+        return cls(body=body, topic=topic, properties=properties)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DeprecationWarning)
+        message = cls(body=body, topic=topic, properties=properties)
+    if warns is None:
+        _WARNS[cls] = any(issubclass(w.category, DeprecationWarning) for w in caught)
+    for w in caught:  # anything but a deprecation goes on as it would have
+        if not issubclass(w.category, DeprecationWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return message
+
+
+def facts_of(message: Any, wanted: tuple[bool, bool, bool] = (True, True, True)) -> Facts:
+    """Ask a fedora-messaging message object for its usernames, packages and agent (those
+    ``wanted``)."""
+    users, packages, agent = wanted
     return Facts(
-        usernames=_names(_guarded(message, "usernames")),
-        packages=_names(_guarded(message, "packages")),
-        agent=_agent(_guarded(message, "agent_name")),
+        usernames=_names(_guarded(message, "usernames")) if users else None,
+        packages=_names(_guarded(message, "packages")) if packages else None,
+        agent=_agent(_guarded(message, "agent_name")) if agent else None,
     )
 
 
