@@ -27,6 +27,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from statscache_exporter.plugin import Metric
 
@@ -56,9 +57,12 @@ class Series:
     labels: tuple[str, ...]
     created: float = 0.0  # when the exporter first saw the series (wall clock, for _created)
     key: SeriesKey = field(init=False)
+    #: its id in the store, once it has one
+    sid: int | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.key = (self.metric.name, self.labels)
+        self.sid = None
 
     def label_dict(self) -> dict[str, str]:
         return dict(zip(self.metric.labels, self.labels, strict=True))
@@ -67,7 +71,12 @@ class Series:
 @dataclass(slots=True)
 class Batch:
     """Everything one flush writes: bucket deltas/candidates at the base interval (the first of
-    ``resolutions``; the store derives the others from them) and the touched totals in full."""
+    ``resolutions``; the store derives the others from them) and the touched totals in full.
+
+    The aggregator's changes are keyed by (series object, bucket start) (``keyed_counts``,
+    ``keyed_gauges``): building a (metric, labels, resolution, start) key for each would cost
+    the flush more than its SQL. ``counter_deltas``/``gauge_candidates`` hold changes keyed by
+    name (a batch made by hand); the store writes both."""
 
     counter_deltas: dict[BucketKey, int] = field(default_factory=dict)
     gauge_candidates: dict[BucketKey, GaugeValue] = field(default_factory=dict)
@@ -75,9 +84,42 @@ class Batch:
     series: dict[SeriesKey, Series] = field(default_factory=dict)
     #: the base interval, then the roll-ups, in seconds
     resolutions: tuple[int, ...] = (1,)
+    keyed_counts: dict[tuple[Series, int], int] = field(default_factory=dict)
+    keyed_gauges: dict[tuple[Series, int], GaugeValue] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.counter_deltas or self.gauge_candidates or self.totals)
+        return bool(
+            self.keyed_counts
+            or self.keyed_gauges
+            or self.counter_deltas
+            or self.gauge_candidates
+            or self.totals
+        )
+
+    @property
+    def counts(self) -> int:
+        """Base-interval counter buckets changed."""
+        return len(self.keyed_counts) + len(self.counter_deltas)
+
+    @property
+    def gauges(self) -> int:
+        """Base-interval gauge buckets changed."""
+        return len(self.keyed_gauges) + len(self.gauge_candidates)
+
+    def by_name(self) -> tuple[dict[BucketKey, int], dict[BucketKey, GaugeValue]]:
+        """The base-interval changes, all keyed by (metric, labels, resolution, start)."""
+        base = self.resolutions[0]
+        deltas = dict(self.counter_deltas)
+        for (s, start), n in self.keyed_counts.items():
+            key = (s.metric.name, s.labels, base, start)
+            deltas[key] = deltas.get(key, 0) + n
+        candidates = dict(self.gauge_candidates)
+        for (s, start), g in self.keyed_gauges.items():
+            key = (s.metric.name, s.labels, base, start)
+            current = candidates.get(key)
+            if current is None or g > current:
+                candidates[key] = g
+        return deltas, candidates
 
     def at_every_resolution(
         self,
@@ -86,11 +128,12 @@ class Batch:
         store derives in SQL (tests hold the two equal)."""
         deltas: dict[BucketKey, int] = {}
         candidates: dict[BucketKey, GaugeValue] = {}
-        for (name, labels, _, start), n in self.counter_deltas.items():
+        base_deltas, base_candidates = self.by_name()
+        for (name, labels, _, start), n in base_deltas.items():
             for res in self.resolutions:
                 key = (name, labels, res, start // res * res)
                 deltas[key] = deltas.get(key, 0) + n
-        for (name, labels, _, start), g in self.gauge_candidates.items():
+        for (name, labels, _, start), g in base_candidates.items():
             for res in self.resolutions:
                 key = (name, labels, res, start // res * res)
                 current = candidates.get(key)
@@ -209,14 +252,9 @@ class Aggregator:
     def drain(self) -> Batch:
         """The changes since the last drain (and a failed flush's, put back), with the new
         totals of the series they touch; the aggregator starts afresh."""
-        base = self.base
-        batch = Batch(resolutions=self.resolutions)
-        batch.counter_deltas = {
-            (s.metric.name, s.labels, base, start): n for (s, start), n in self._counts.items()
-        }
-        batch.gauge_candidates = {
-            (s.metric.name, s.labels, base, start): g for (s, start), g in self._gauges.items()
-        }
+        batch = Batch(
+            resolutions=self.resolutions, keyed_counts=self._counts, keyed_gauges=self._gauges
+        )
         touched, totals, changed = batch.series, self.totals, batch.totals
         for s, n in self._count_sums.items():
             total = totals.get(s.key, 0)
@@ -243,11 +281,24 @@ class Aggregator:
 def _merge(into: Batch, batch: Batch, totals: Mapping[SeriesKey, int | GaugeValue]) -> None:
     """Add ``batch``'s changes to ``into``'s (deltas summed, the newest candidates kept)."""
     into.series.update(batch.series)
-    for bkey, delta in batch.counter_deltas.items():
-        into.counter_deltas[bkey] = into.counter_deltas.get(bkey, 0) + delta
-    for bkey, candidate in batch.gauge_candidates.items():
-        current = into.gauge_candidates.get(bkey)
-        if current is None or candidate > current:
-            into.gauge_candidates[bkey] = candidate
+    _sum_into(into.counter_deltas, batch.counter_deltas)
+    _sum_into(into.keyed_counts, batch.keyed_counts)
+    _newest_into(into.gauge_candidates, batch.gauge_candidates)
+    _newest_into(into.keyed_gauges, batch.keyed_gauges)
     for key in batch.totals:
         into.totals[key] = totals[key]
+
+
+K = TypeVar("K")
+
+
+def _sum_into(mine: dict[K, int], theirs: Mapping[K, int]) -> None:
+    for key, delta in theirs.items():
+        mine[key] = mine.get(key, 0) + delta
+
+
+def _newest_into(mine: dict[K, GaugeValue], theirs: Mapping[K, GaugeValue]) -> None:
+    for key, candidate in theirs.items():
+        current = mine.get(key)
+        if current is None or candidate > current:
+            mine[key] = candidate

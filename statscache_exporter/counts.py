@@ -154,8 +154,8 @@ class Counts:
             if set(stored) != set(metric.labels):
                 continue  # the plugin changed its labels; the old series stays in the store
             key: SeriesKey = (name, tuple(stored[label] for label in metric.labels))
-            series[key] = Series(plugin, metric, key[1], created)
-            self.series_ids[key] = sid
+            s = series[key] = Series(plugin, metric, key[1], created)
+            self.series_ids[key] = s.sid = sid
             if value is None:
                 continue
             if metric.kind == "counter":
@@ -176,32 +176,33 @@ class Counts:
                 "ON CONFLICT (metric, labels) DO UPDATE SET plugin = excluded.plugin RETURNING id",
                 (s.plugin, s.metric.name, s.metric.kind, labels_json(s), s.created),
             ).fetchone()
-            self.series_ids[key] = int(row[0])
+            self.series_ids[key] = s.sid = int(row[0])
         return new
 
-    def forget(self, keys: Sequence[SeriesKey]) -> None:
+    def forget(self, batch: Batch, keys: Sequence[SeriesKey]) -> None:
         """The ids of these series were rolled back with their transaction."""
         for key in keys:
             self.series_ids.pop(key, None)
+            batch.series[key].sid = None
 
     def stage(self, db: sqlite3.Connection, batch: Batch) -> None:
         """The batch's base-interval changes into the flush tables (the hooks read them too)."""
         db.execute("DELETE FROM flush_counts")
         db.execute("DELETE FROM flush_gauges")
         sid = self.series_ids
-        insert_rows(
-            db,
-            "INSERT INTO flush_counts (series, start, value)",
-            [(sid[(m, lv)], start, n) for (m, lv, _, start), n in batch.counter_deltas.items()],
-        )
-        insert_rows(
-            db,
-            "INSERT INTO flush_gauges (series, start, value, ts, msg_id)",
-            [
-                (sid[(m, lv)], start, g.value, g.ts, g.msg_id)
-                for (m, lv, _, start), g in batch.gauge_candidates.items()
-            ],
-        )
+        counts = [(s.sid, start, n) for (s, start), n in batch.keyed_counts.items()]
+        counts += [
+            (sid[(m, lv)], start, n) for (m, lv, _, start), n in batch.counter_deltas.items()
+        ]
+        insert_rows(db, "INSERT INTO flush_counts (series, start, value)", counts)
+        gauges = [
+            (s.sid, start, g.value, g.ts, g.msg_id) for (s, start), g in batch.keyed_gauges.items()
+        ]
+        gauges += [
+            (sid[(m, lv)], start, g.value, g.ts, g.msg_id)
+            for (m, lv, _, start), g in batch.gauge_candidates.items()
+        ]
+        insert_rows(db, "INSERT INTO flush_gauges (series, start, value, ts, msg_id)", gauges)
 
     def write(self, db: sqlite3.Connection, batch: Batch) -> None:
         """Every resolution's buckets from the staged changes, and the touched totals. Each
@@ -210,8 +211,8 @@ class Counts:
         from fewer rows at each step."""
         base, sources = batch.resolutions[0], roll_sources(batch.resolutions)
         for kind, staged, upsert, roll, changed in (
-            ("c", "flush_counts", _UPSERT_COUNTS, _ROLL_COUNTS, batch.counter_deltas),
-            ("g", "flush_gauges", _UPSERT_GAUGES, _ROLL_GAUGES, batch.gauge_candidates),
+            ("c", "flush_counts", _UPSERT_COUNTS, _ROLL_COUNTS, batch.counts),
+            ("g", "flush_gauges", _UPSERT_GAUGES, _ROLL_GAUGES, batch.gauges),
         ):
             if not changed:
                 continue

@@ -349,20 +349,18 @@ def _carried_from_headers(headers: Mapping[str, Any]) -> _Carried:
     ``fedora_messaging_rpm_<pkg>: true``. A kind with no flag is unknown, not empty; the
     headers carry no agent. A flag naming nothing (``fedora_messaging_user_`` alone) or a name
     no UTF-8 can carry is dropped, as it is from datagrepper's lists."""
-    users = _string_list(
-        [k[len(_USER_FLAG) :] for k, v in headers.items() if _flag(k, v, _USER_FLAG)]
-    )
-    pkgs = _string_list(
-        [k[len(_PACKAGE_FLAG) :] for k, v in headers.items() if _flag(k, v, _PACKAGE_FLAG)]
-    )
+    users: list[str] = []
+    pkgs: list[str] = []
+    for k, v in headers.items():
+        if v and isinstance(k, str) and k.startswith("fedora_messaging_"):
+            if k.startswith(_USER_FLAG):
+                users.append(k[len(_USER_FLAG) :])
+            elif k.startswith(_PACKAGE_FLAG):
+                pkgs.append(k[len(_PACKAGE_FLAG) :])
     return _Carried(
-        usernames=users if users else None,
-        packages=pkgs if pkgs else None,
+        _string_list(users) or None if users else None,
+        _string_list(pkgs) or None if pkgs else None,
     )
-
-
-def _flag(key: Any, value: Any, prefix: str) -> bool:
-    return isinstance(key, str) and key.startswith(prefix) and bool(value)
 
 
 def _topic(value: Any) -> str:
@@ -444,8 +442,11 @@ def _message_id(value: Any, key: str, topic: str, when: datetime, body: Mapping[
 
 
 def _string_list(value: Any) -> tuple[str, ...]:
+    """The non-empty strings of a list, sorted and unique (names no UTF-8 can carry dropped)."""
     if not isinstance(value, list | tuple):
         return ()
+    if all(v.__class__ is str and v and v.isascii() for v in value):  # the usual case
+        return tuple(sorted(set(value)))
     return tuple(sorted({v for v in value if isinstance(v, str) and v and is_text(v)}))
 
 

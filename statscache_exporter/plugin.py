@@ -180,10 +180,18 @@ class Output:
 
     def _emit(self, decl: Metric, labels: Mapping[str, Any], amount: float) -> None:
         names = decl.labels
-        if len(labels) != len(names):
+        n = len(names)
+        if len(labels) != n:
             self._wrong_labels(decl, labels)
-        try:
-            values = tuple([labels[name] for name in names])
+        try:  # the usual arities without a comprehension (a frame of its own in 3.11)
+            if n == 0:
+                values: tuple[Any, ...] = ()
+            elif n == 1:
+                values = (labels[names[0]],)
+            elif n == 2:
+                values = (labels[names[0]], labels[names[1]])
+            else:
+                values = tuple([labels[name] for name in names])
         except KeyError:
             self._wrong_labels(decl, labels)
         try:

@@ -208,7 +208,7 @@ class Store:
                     for hook in self.hooks:
                         hook.after_write(db, self.counts.series_ids, described, now)
         except sqlite3.Error as exc:
-            self.counts.forget(new)  # their ids were rolled back with the transaction
+            self.counts.forget(batch, new)  # their ids were rolled back with the transaction
             for hook in self.hooks:
                 hook.rolled_back(self.db)
             raise StoreError(
@@ -216,7 +216,7 @@ class Store:
             ) from exc
         return FlushResult(
             messages=len(changes.ids),
-            buckets=len(batch.counter_deltas) + len(batch.gauge_candidates),
+            buckets=batch.counts + batch.gauges,
             totals=len(batch.totals),
             new_series=len(new),
         )
