@@ -26,7 +26,7 @@ import pika
 import pytest
 from conftest import DATA
 from fedora_messaging.message import Message, load_message
-from rabbitmq import Broker, publish, publish_raw, shared_broker
+from rabbitmq import Broker, declare_queue, publish, publish_raw, shared_broker
 from servers import (
     Exporter,
     exporter_process,
@@ -261,6 +261,20 @@ def test_amqps_uses_the_client_certificate_with_external_auth(tmp_path: Path) ->
 
 
 # --- no broker: the acknowledgement queue --------------------------------------------------
+
+
+def test_the_daemon_flushes_when_half_the_smallest_prefetch_window_waits() -> None:
+    from statscache_exporter.daemon import ack_window
+
+    def config(*sources: dict[str, Any]) -> configuration.Config:
+        return configuration.from_dict({"sources": list(sources)})
+
+    bus = {"type": "fedora-messaging", "amqp_url": "amqp://h/%2F"}
+    assert ack_window(config({**bus, "name": "a"})) == 1000  # prefetch 2000 by default
+    assert ack_window(config({**bus, "name": "a", "prefetch": 1})) == 1
+    assert ack_window(config({**bus, "name": "a"}, {**bus, "name": "b", "prefetch": 300})) == 150
+    # no source acknowledges: the flush interval and max_batch alone decide
+    assert ack_window(config({"type": "replay", "name": "r", "paths": ["x.jsonl"]})) == 0
 
 
 class FakeConnection:
@@ -541,7 +555,9 @@ def by_category(samples: Any) -> dict[str, float]:
     }
 
 
-def exporter_settings(url: str, queue: str, flush_interval: str, max_batch: int) -> Any:
+def exporter_settings(
+    url: str, queue: str, flush_interval: str, max_batch: int, prefetch: int = 2000
+) -> Any:
     return {
         "store": {"flush_interval": flush_interval, "max_batch": max_batch},
         "sources": [
@@ -550,6 +566,7 @@ def exporter_settings(url: str, queue: str, flush_interval: str, max_batch: int)
                 "name": "bus",
                 "amqp_url": url,
                 "queue": queue,
+                "prefetch": prefetch,
                 "reconnect": {"initial": "100ms", "max": "1s"},
             }
         ],
@@ -614,6 +631,26 @@ def test_the_daemon_killed_between_receiving_and_flushing_counts_every_message_o
         depth(broker, url, queue, (0, 0))  # all acknowledged after run 2's flushes
     # exporter_process ended it with SIGTERM and it exited 0: the final acks went out cleanly
     assert exporter.returncode == 0
+
+
+@integration
+def test_a_queue_longer_than_the_prefetch_window_drains_without_waiting_for_the_interval(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """The broker sends at most ``prefetch`` unacknowledged messages and they are acknowledged
+    only after the flush that stores them: the daemon flushes once half the window waits, not
+    after the flush interval (an hour here), so a backlog of many windows drains."""
+    url = broker.new_vhost()
+    queue = "statscache-window"
+    messages = corpus(120, start=20)
+    declare_queue(url, queue)
+    publish(url, messages)  # the backlog, before the exporter starts
+    depth(broker, url, queue, (len(messages), 0))
+    settings = exporter_settings(url, queue, "1h", 20_000, prefetch=10)
+    with exporter_process(tmp_path, [], settings=settings) as exporter:
+        s = wait_stored(exporter, messages)  # 12 windows of 10, well within the interval
+        assert metric(s, "statscache_exporter_flushes_total") >= len(messages) // 5
+        depth(broker, url, queue, (0, 0))  # every one acknowledged after its flush
 
 
 def test_deliveries_become_what_fedora_messagings_get_message_makes_of_them() -> None:
