@@ -58,6 +58,7 @@ from common import loadavg, log
 from corpus import DEFAULT_SEED, Generator
 
 from statscache_exporter import config as configuration
+from statscache_exporter import runtime
 from statscache_exporter.pipeline import Pipeline, open_pipeline
 from statscache_exporter.plugin import Plugin, discover
 
@@ -93,6 +94,7 @@ class Lines:
 def open_fresh(root: Path, name: str) -> Pipeline:
     """A pipeline over a fresh store with the default configuration."""
     cfg = configuration.from_dict({"store": {"path": str(root / f"{name}.sqlite")}})
+    runtime.tune_gc()  # as the command line does
     return open_pipeline(cfg, bundled())
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from statscache_exporter import __version__, logs
+from statscache_exporter import __version__, logs, runtime
 from statscache_exporter import config as configuration
 from statscache_exporter.config import Config, ConfigError
 from statscache_exporter.plugin import PluginError, discover
@@ -117,6 +117,7 @@ def _when(text: str) -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    runtime.tune_gc()
     path = configuration.config_path(args.config)
     try:
         config = configuration.load(path)

@@ -19,6 +19,8 @@ from typing import Any
 import pika
 import pytest
 from fedora_messaging import message as fm_message
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from statscache_exporter import schemas
 from statscache_exporter.message import (
@@ -452,6 +454,71 @@ def test_loads_rejects_not_json(data: bytes | str) -> None:
 def test_loads_accepts_json() -> None:
     assert loads(b'{"a": [1, "\xc3\xa9"]}') == {"a": [1, "é"]}
     assert loads('{"a": null}') == {"a": None}
+
+
+def _json_loads(data: bytes | str) -> Any:
+    """What the pipeline decoded before msgspec: UTF-8 strictly, then json.loads."""
+    return json.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
+
+
+def _outcome(decode: Any, data: bytes | str) -> tuple[str, str]:
+    try:
+        return ("ok", repr(decode(data)))
+    except (Rejected, ValueError, RecursionError):
+        return ("refused", "")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        "NaN",
+        "[Infinity, -Infinity]",
+        "1e400",
+        "-1e400",
+        "1e-400",
+        "123456789012345678901234567890",
+        "-9223372036854775809",
+        "18446744073709551616",
+        '{"a": 1, "a": 2}',
+        '"\\ud800"',
+        '"\\ude00\\ud83d"',
+        '"\\ud83d\\ude00"',
+        b'"\xed\xa0\x80"',
+        b"\xef\xbb\xbf{}",
+        "\ufeff{}",
+        '"a\tb"',
+        '"\\u0000"',
+        "[1,]",
+        "01",
+        " [1] \n",
+        "[" * 2000 + "]" * 2000,
+        b'{"k": "\xc3\xa9"}',
+    ],
+)
+def test_loads_reads_exactly_what_json_loads_reads(data: bytes | str) -> None:
+    """msgspec decodes first; where it refuses, json decides: the same values, the same
+    refusals (integers past 64 bits kept exact, which orjson would turn into floats)."""
+    assert _outcome(loads, data) == _outcome(_json_loads, data)
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=-(2**200), max_value=2**200)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(),
+    lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(JSON_VALUES, st.booleans())
+def test_loads_equals_json_loads_on_any_json(value: Any, as_bytes: bool) -> None:
+    text = json.dumps(value, ensure_ascii=False)
+    data: bytes | str = text.encode("utf-8", "surrogatepass") if as_bytes else text
+    assert _outcome(loads, data) == _outcome(_json_loads, data)
 
 
 MALFORMED: list[Any] = [
