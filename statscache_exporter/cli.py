@@ -117,7 +117,7 @@ def _when(text: str) -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    runtime.tune_gc()
+    runtime.tune()
     path = configuration.config_path(args.config)
     try:
         config = configuration.load(path)

@@ -13,8 +13,9 @@ then derives every resolution from them in SQL, each from the next finer one (a 
 make the hour's): a coarser bucket is the sum of the deltas in it, or the newest of the
 candidates, which is what adding each emission at every resolution would give (sums and that
 max are both associative). One upsert statement per resolution writes each into ``buckets``.
-Rows go in as multi-row ``VALUES`` statements of up to :data:`ROWS_PER_STATEMENT` rows:
-binding parameters row by row (``executemany``) cost several times what SQLite's own work did.
+Rows go in as multi-row ``VALUES`` statements of up to :data:`PARAMETERS_PER_STATEMENT`
+parameters: binding parameters row by row (``executemany``) cost several times what SQLite's
+own work did; a flush is a few dozen statements, new series included, not thousands.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from typing import Any
 from statscache_exporter.aggregate import Batch, GaugeValue, Series, SeriesKey
 from statscache_exporter.plugin import Metric
 
-#: rows per multi-row INSERT (SQLite allows 32,766 parameters a statement since 3.32)
-ROWS_PER_STATEMENT = 1000
+#: parameters per multi-row INSERT (SQLite allows 32,766 a statement since 3.32)
+PARAMETERS_PER_STATEMENT = 30_000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
@@ -95,6 +96,13 @@ WHERE n = 1
 """
 
 
+_INSERT_SERIES = "INSERT INTO series (plugin, metric, kind, labels, created)"
+_SERIES_CONFLICT = (
+    " ON CONFLICT (metric, labels) DO UPDATE SET plugin = excluded.plugin"
+    " RETURNING id, metric, labels"
+)
+
+
 def roll_sources(resolutions: Sequence[int]) -> dict[int, int]:
     """Each coarser resolution → the finer one it is rolled up from: the coarsest earlier one
     whose buckets tile it (a multiple of it), so a minute's rows make the hour's, the hour's
@@ -116,8 +124,9 @@ def insert_rows(db: sqlite3.Connection, head: str, rows: Sequence[tuple[Any, ...
     if not rows:
         return
     columns = len(rows[0])
-    for i in range(0, len(rows), ROWS_PER_STATEMENT):
-        chunk = rows[i : i + ROWS_PER_STATEMENT]
+    per = PARAMETERS_PER_STATEMENT // columns
+    for i in range(0, len(rows), per):
+        chunk = rows[i : i + per]
         db.execute(_values_sql(head, columns, len(chunk)), list(chain.from_iterable(chunk)))
 
 
@@ -169,14 +178,30 @@ class Counts:
     def insert_series(self, db: sqlite3.Connection, batch: Batch) -> list[SeriesKey]:
         """Give the batch's new series their ids; the keys of those that were new."""
         new = [key for key in batch.series if key not in self.series_ids]
+        rows = {}  # (metric, labels JSON) -> the series' key
         for key in new:
             s = batch.series[key]
-            row = db.execute(
-                "INSERT INTO series (plugin, metric, kind, labels, created) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT (metric, labels) DO UPDATE SET plugin = excluded.plugin RETURNING id",
-                (s.plugin, s.metric.name, s.metric.kind, labels_json(s), s.created),
-            ).fetchone()
-            self.series_ids[key] = s.sid = int(row[0])
+            rows[(s.metric.name, labels_json(s))] = key
+        per = PARAMETERS_PER_STATEMENT // 5
+        items = [
+            (
+                batch.series[key].plugin,
+                m,
+                batch.series[key].metric.kind,
+                lab,
+                batch.series[key].created,
+            )
+            for (m, lab), key in rows.items()
+        ]
+        for i in range(0, len(items), per):
+            chunk = items[i : i + per]
+            # RETURNING gives its rows in no set order: each names its own series
+            for sid, metric, labels in db.execute(
+                _values_sql(_INSERT_SERIES, 5, len(chunk)) + _SERIES_CONFLICT,
+                list(chain.from_iterable(chunk)),
+            ):
+                key = rows[(metric, labels)]
+                self.series_ids[key] = batch.series[key].sid = int(sid)
         return new
 
     def forget(self, batch: Batch, keys: Sequence[SeriesKey]) -> None:

@@ -271,10 +271,10 @@ class Ledger:
     def _advance_plugins(
         db: sqlite3.Connection, ids: Mapping[str, Iterable[str]], covered: Mapping[str, float]
     ) -> None:
+        from statscache_exporter.counts import insert_rows
+
         for ident, msg_ids in ids.items():
-            db.executemany(
-                "INSERT OR IGNORE INTO plugin_seen VALUES (?, ?)", ((ident, i) for i in msg_ids)
-            )
+            insert_rows(db, "INSERT OR IGNORE INTO plugin_seen", [(ident, i) for i in msg_ids])
         for ident, until in covered.items():
             db.execute(
                 "UPDATE plugins SET covered_until = ? WHERE ident = ? "

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from statscache_exporter.aggregate import SeriesKey
+from statscache_exporter.counts import insert_rows
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +197,7 @@ class OutboxWriter:
             (series_ids[key], self.line_key(metric, labels), counter)
             for key, (metric, labels, counter) in new_series.items()
         ]
-        db.executemany("INSERT OR IGNORE INTO influx_keys VALUES (?, ?, ?)", rows)
+        insert_rows(db, "INSERT OR IGNORE INTO influx_keys", rows)
         self._keyless.update(sid for sid, key, _ in rows if key is None)
         if not self.accepting():
             self.stats.overflow += db.execute("SELECT count(*) FROM outbox_touched").fetchone()[0]
