@@ -26,6 +26,21 @@ How it grows: each size's time per message over the smallest size's (1.00 or bel
 or better). Checked at every size: every message processed once, none rejected, and the
 store's ``messages`` total equal to the size.
 
+**Memory and disk**, at every size: the process's peak resident set so far (``VmHWM`` of
+``/proc/self/status``, the kernel's high-water mark of the resident set, the same figure as
+``resource.getrusage`` ``ru_maxrss``, which is the fallback where ``/proc`` is missing) and its
+resident set then (``VmRSS``), and the store's size on disk (the database file with its
+``-wal`` and ``-shm``). The figures include this benchmark's own chunk of lines (about 1.3 kB
+a line as JSON, ~25 MB for a chunk of 20,000): ``--history`` uses chunks of 2,000 so that
+the peak is the pipeline's. The resident set before the first message (imports, plugins,
+the empty store) is printed as the baseline.
+
+``--history`` (``make bench-history``): the run of history an import makes, 10M messages
+(``--sizes`` 10k 100k 1M 10M unless given), chunks of 2,000, named ``pipeline-history`` in its
+JSON, with the targets of issue 14 printed (information only): peak RSS ≤ 300 MB at the
+largest size, a message there costing ≤ 1.1x one at the smallest. About 15 minutes on a
+2-core machine.
+
 ``--profile N`` then runs N more messages under cProfile (untimed) with the store as the run
 left it, and N over a fresh store, and prints where the time goes in both: per module, and the
 functions with the most time of their own (the difference is where the growth goes).
@@ -33,6 +48,7 @@ functions with the most time of their own (the difference is where the growth go
 Markdown on stdout, progress on stderr, ``--json PATH`` also writes the figures.
 
     .venv/bin/python bench/pipeline.py [--sizes 10000 100000 1000000] [--profile 50000]
+    .venv/bin/python bench/pipeline.py --history [--sizes 10000 1000000] [--json PATH]
 """
 
 from __future__ import annotations
@@ -42,7 +58,9 @@ import cProfile
 import datetime as dt
 import itertools
 import json
+import os
 import pstats
+import resource
 import sqlite3
 import sys
 import tempfile
@@ -63,8 +81,37 @@ from statscache_exporter.pipeline import Pipeline, open_pipeline
 from statscache_exporter.plugin import Plugin, discover
 
 NAME = "pipeline"
+HISTORY_NAME = "pipeline-history"
 TARGET_RATIO = 0.5  # issue 9: at least half of json.loads's speed (information only)
 CHUNK = 20_000
+HISTORY_CHUNK = 2_000  # ~2.5 MB of lines held at a time: the peak RSS is the pipeline's
+HISTORY_SIZES = [10_000, 100_000, 1_000_000, 10_000_000]
+TARGET_RSS_MB = 300.0  # issue 14: peak RSS of a 10M-message history run (information only)
+TARGET_GROWTH = 1.1  # issue 14: a message at the largest size <= 1.1x one at the smallest
+
+
+@dataclass(frozen=True)
+class Memory:
+    """The process's resident set (kB): its peak so far and now, and where they were read."""
+
+    peak_kb: int
+    rss_kb: int
+    source: str
+
+    @classmethod
+    def now(cls) -> Memory:
+        """VmHWM and VmRSS of /proc/self/status; ru_maxrss (kB on Linux) without /proc."""
+        try:
+            status = common.proc_status(os.getpid())
+            return cls(status["VmHWM"], status["VmRSS"], "/proc/self/status VmHWM")
+        except (OSError, KeyError):
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            return cls(peak, 0, "getrusage ru_maxrss")
+
+
+def mb(kb: int) -> float:
+    """kB (as the kernel counts: KiB) in MB of 2^20 bytes."""
+    return kb / 1024
 
 
 def bundled() -> dict[str, type[Plugin]]:
@@ -94,7 +141,7 @@ class Lines:
 def open_fresh(root: Path, name: str) -> Pipeline:
     """A pipeline over a fresh store with the default configuration."""
     cfg = configuration.from_dict({"store": {"path": str(root / f"{name}.sqlite")}})
-    runtime.tune_gc()  # as the command line does
+    runtime.tune()  # as the command line does
     return open_pipeline(cfg, bundled())
 
 
@@ -110,6 +157,8 @@ class SizeResult:
     outcomes: dict[str, int] = field(default_factory=dict)
     store_total: int = 0
     store_bytes: int = 0
+    #: the resident set at this size (peak so far and current, kB)
+    memory: Memory | None = None
     #: (messages handled, pipeline seconds so far) after each chunk: how the cost moves as the
     #: store grows
     progress: list[tuple[int, float]] = field(default_factory=list)
@@ -158,6 +207,9 @@ class SizeResult:
             "outcomes": self.outcomes,
             "store_total": self.store_total,
             "store_bytes": self.store_bytes,
+            "store_mb": round(self.store_bytes / 2**20, 1),
+            "peak_rss_mb": round(mb(self.memory.peak_kb), 1) if self.memory else None,
+            "rss_mb": round(mb(self.memory.rss_kb), 1) if self.memory else None,
             "us_per_message_by_tenth": [round(x, 1) for x in self.tenths()],
         }
 
@@ -177,12 +229,13 @@ def stored_total(path: Path) -> int:
 
 def run(
     sizes: list[int], seed: int, root: Path, chunk: int, profile: int, top: int
-) -> tuple[list[SizeResult], dict[str, Any] | None]:
+) -> tuple[list[SizeResult], dict[str, Any] | None, Memory]:
     """One run of the largest size over a fresh store, with a result at each size: the first
     N messages of the run are exactly a run of N (the generator's output is a prefix), and at
     each checkpoint the pipeline flushes (timed, as a run's final flush) and the store's total
     is checked. ``profile``: then profile that many more messages (untimed), with the store as
-    the run left it, and as many on a fresh store: how the cost of a message grew."""
+    the run left it, and as many on a fresh store: how the cost of a message grew. Also
+    returns the resident set before the first message (the baseline)."""
     checkpoints = sorted(set(sizes))
     n = checkpoints[-1]
     pipeline = open_fresh(root, "store")
@@ -196,6 +249,8 @@ def run(
     messages = Generator(seed).messages()
     line_of = Lines()
     done = 0
+    every = max(100_000, n // 50)  # progress lines: at most ~50
+    baseline = Memory.now()
     try:
         for i in itertools.count():
             if done == n:
@@ -216,8 +271,11 @@ def run(
                     current.pipeline_seconds += perf() - t0
             done += len(lines)
             current.progress.append((done, current.pipeline_seconds))
-            if done % 100_000 < chunk or done == n:
-                log(f"  {done:,} / {n:,}: pipeline {done / current.pipeline_seconds:,.0f}/s")
+            if done % every < len(lines) or done == n:
+                log(
+                    f"  {done:,} / {n:,}: pipeline {done / current.pipeline_seconds:,.0f}/s, "
+                    f"peak RSS {mb(Memory.now().peak_kb):,.0f} MB"
+                )
             if done in checkpoints:
                 results.append(checkpoint(current, pipeline, outcomes, done, store))
         if profile:
@@ -227,11 +285,12 @@ def run(
     finally:
         pipeline.store.close()
     if not profile:
-        return results, None
+        return results, None, baseline
     fresh = open_fresh(root, "store-profile")
     try:
         first = [line_of(m) for m in Generator(seed).messages(profile)]
-        return results, {"fresh": profiled(fresh, first, top), "after": after, "after_messages": n}
+        prof = {"fresh": profiled(fresh, first, top), "after": after, "after_messages": n}
+        return results, prof, baseline
     finally:
         fresh.store.close()
 
@@ -261,6 +320,7 @@ def checkpoint(
         outcomes=dict(outcomes),
         store_total=total,
         store_bytes=sum(p.stat().st_size for p in store.parent.glob(f"{store.name}*")),
+        memory=Memory.now(),
         progress=list(current.progress),
     )
 
@@ -321,8 +381,10 @@ def module_of(path: str) -> str:
 def markdown(report: dict[str, Any], results: list[SizeResult]) -> str:
     m = report["machine"]
     first = results[0]
+    title = "a history import" if report["history"] else "vs json.loads"
     lines = [
-        f"### {NAME}: messages through every bundled plugin into the store vs json.loads",
+        f"### {report['benchmark']}: messages through every bundled plugin into the store, "
+        + title,
         "",
         f"{report['date']} · {m['nproc']} CPU ({m['cpu']}) · {m['python']} · SQLite "
         f"{m['sqlite']} · {len(report['plugins'])} plugins · seed {report['seed']} · chunks "
@@ -330,15 +392,16 @@ def markdown(report: dict[str, Any], results: list[SizeResult]) -> str:
         f"{report['loadavg_end']} at end",
         "",
         "| messages | pipeline s | pipeline messages/s | json.loads messages/s | ratio "
-        "| µs a message | vs first size | flushes | series |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| µs a message | vs first size | flushes | series | peak RSS MB | store MB |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
+        peak = f"{mb(r.memory.peak_kb):,.0f}" if r.memory else "-"
         lines.append(
             f"| {r.messages:,} | {r.pipeline_seconds:.2f} | {r.pipeline_rate:,.0f} "
             f"| {r.loads_rate:,.0f} | {r.ratio:.3f} | {r.us_per_message:.1f} "
             f"| {r.us_per_message / first.us_per_message:.2f} | {r.flushes:,} "
-            f"| {sum(r.series.values()):,} |"
+            f"| {sum(r.series.values()):,} | {peak} | {r.store_bytes / 2**20:,.1f} |"
         )
     last = results[-1]
     verdict = "PASS" if last.ratio >= TARGET_RATIO else "FAIL"
@@ -356,11 +419,34 @@ def markdown(report: dict[str, Any], results: list[SizeResult]) -> str:
         "At every size: each message processed once, none rejected, the store's `messages` "
         "total equal to the size. ratio = pipeline messages/s / json.loads messages/s of the same "
         "lines in the same run.",
+        "",
+        memory_line(report, last, growth),
     ]
     prof = report.get("profile")
     if prof:
         lines += profile_markdown(prof)
     return "\n".join(lines) + "\n"
+
+
+def memory_line(report: dict[str, Any], last: SizeResult, growth: float) -> str:
+    """What the peak RSS and the store's size were, and for ``--history`` the targets."""
+    mem = report["memory"]
+    text = (
+        f"Peak RSS ({mem['source']}, this benchmark's chunk of {report['chunk']:,} lines "
+        f"included): {mem['baseline_rss_mb']:,.0f} MB before the first message, "
+        f"**{mem['peak_rss_mb']:,.0f} MB** at {last.messages:,}; the store on disk "
+        f"**{last.store_bytes / 2**20:,.1f} MB** ({last.store_bytes / last.messages:,.0f} bytes "
+        "a message)."
+    )
+    if not report["history"]:
+        return text
+    rss_ok = mem["peak_rss_mb"] <= TARGET_RSS_MB
+    return (
+        text + f" Targets (issue 14, information only): peak RSS ≤ {TARGET_RSS_MB:g} MB "
+        f"({'PASS' if rss_ok else 'FAIL'}); a message at {last.messages:,} ≤ "
+        f"{TARGET_GROWTH:g}x one at {report['results'][0]['messages']:,}: {growth:.2f}x "
+        f"({'PASS' if growth <= TARGET_GROWTH else 'FAIL'})."
+    )
 
 
 def profile_markdown(prof: dict[str, Any]) -> list[str]:
@@ -407,10 +493,16 @@ def main(argv: list[str] | None = None) -> int:
         "--sizes",
         type=int,
         nargs="+",
-        default=[10_000, 100_000, 1_000_000],
-        help="messages per run (default 10000 100000 1000000)",
+        help="messages per run (default 10000 100000 1000000; --history: and 10000000)",
     )
-    parser.add_argument("--chunk", type=int, default=CHUNK, help=f"lines per chunk ({CHUNK})")
+    parser.add_argument(
+        "--chunk", type=int, help=f"lines per chunk ({CHUNK}; --history: {HISTORY_CHUNK})"
+    )
+    parser.add_argument(
+        "--history",
+        action="store_true",
+        help="the 10M-message run of make bench-history, with its RSS and growth targets",
+    )
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument(
         "--profile", type=int, default=0, metavar="N", help="then profile N messages (0: no)"
@@ -418,6 +510,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=25, help="functions kept in the profile")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures here")
     args = parser.parse_args(argv)
+    if args.sizes is None:
+        args.sizes = HISTORY_SIZES if args.history else [10_000, 100_000, 1_000_000]
+    if args.chunk is None:
+        args.chunk = HISTORY_CHUNK if args.history else CHUNK
     if min(args.sizes) < 1 or args.chunk < 1 or args.profile < 0:
         parser.error("--sizes and --chunk must be at least 1, --profile at least 0")
     sizes = sorted(args.sizes)
@@ -428,10 +524,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         root = Path(tmp)
         log(f"{sizes[-1]:,} messages, figures at {', '.join(f'{n:,}' for n in sizes)}")
-        results, prof = run(sizes, args.seed, root, args.chunk, args.profile, args.top)
+        results, prof, baseline = run(sizes, args.seed, root, args.chunk, args.profile, args.top)
     last, first = results[-1], results[0]
+    growth = last.us_per_message / first.us_per_message
+    peak = mb(last.memory.peak_kb) if last.memory else 0.0
     report: dict[str, Any] = {
-        "benchmark": NAME,
+        "benchmark": HISTORY_NAME if args.history else NAME,
+        "history": args.history,
         "date": started,
         "machine": info,
         "seed": args.seed,
@@ -442,7 +541,15 @@ def main(argv: list[str] | None = None) -> int:
         "ratio": last.ratio,
         "target_ratio": TARGET_RATIO,
         "pass": last.ratio >= TARGET_RATIO,
-        "growth": last.us_per_message / first.us_per_message,
+        "growth": growth,
+        "memory": {
+            "source": baseline.source,
+            "baseline_rss_mb": round(mb(baseline.rss_kb or baseline.peak_kb), 1),
+            "peak_rss_mb": round(peak, 1),
+            "target_peak_rss_mb": TARGET_RSS_MB if args.history else None,
+        },
+        "target_growth": TARGET_GROWTH,
+        "history_pass": peak <= TARGET_RSS_MB and growth <= TARGET_GROWTH if args.history else None,
         "profile": prof,
         "loadavg_end": loadavg(),
     }

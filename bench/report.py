@@ -102,6 +102,66 @@ def pipeline_rows(d: dict[str, Any]) -> Iterator[Row]:
             "<= 1.1 (linear or better)",
             verdict(growth <= 1.1),
         )
+    yield from memory_and_store(NAME_PIPELINE, results[-1])
+
+
+NAME_PIPELINE = "pipeline"
+NAME_HISTORY = "pipeline-history"  # make bench-history: bench/pipeline.py --history
+
+
+def memory_and_store(name: str, r: dict[str, Any], target_mb: float | None = None) -> Iterator[Row]:
+    """Peak RSS (against ``target_mb`` if given) and the store's size on disk at ``r``'s size;
+    nothing for JSON written before pipeline.py measured them."""
+    if r.get("peak_rss_mb") is not None:
+        yield Row(
+            name,
+            f"peak RSS of the run, {r['messages']:,} messages",
+            f"{r['peak_rss_mb']:,.0f} MB",
+            ratio=f"{r['peak_rss_mb'] / target_mb:.2f}" if target_mb else "-",
+            target=f"<= {target_mb:g} MB" if target_mb else "-",
+            result=verdict(r["peak_rss_mb"] <= target_mb) if target_mb else "-",
+        )
+    if "store_bytes" in r:
+        yield Row(
+            name,
+            f"store on disk, {r['messages']:,} messages",
+            f"{r['store_bytes'] / 2**20:,.1f} MB",
+            f"{r['store_bytes'] / r['messages']:,.0f} bytes a message",
+        )
+
+
+def pipeline_history_rows(d: dict[str, Any]) -> Iterator[Row]:
+    """make bench-history: messages/s and the cost of a message at the largest size (10M)
+    against the smallest (10k), µs a message per tenth of the run, peak RSS, the store."""
+    results = d["results"]
+    first, last = results[0], results[-1]
+    yield Row(
+        NAME_HISTORY,
+        f"messages/s through every plugin into the store, {last['messages']:,} messages",
+        num(last["pipeline_messages_per_second"]),
+        f"json.loads {num(last['loads_messages_per_second'])}/s",
+        f"{last['ratio']:.3f}",
+    )
+    target = float(d.get("target_growth", 1.1))
+    growth = last["us_per_message"] / first["us_per_message"]
+    yield Row(
+        NAME_HISTORY,
+        f"time a message at {last['messages']:,} vs {first['messages']:,} messages",
+        f"{num(last['us_per_message'], 1)} µs",
+        f"{num(first['us_per_message'], 1)} µs",
+        f"{growth:.2f}",
+        f"<= {target:g}",
+        verdict(growth <= target),
+    )
+    tenths = last.get("us_per_message_by_tenth") or []
+    if tenths:
+        yield Row(
+            NAME_HISTORY,
+            f"µs a message over each tenth of the {last['messages']:,}",
+            ", ".join(f"{x:,.0f}" for x in tenths),
+        )
+    target_mb = (d.get("memory") or {}).get("target_peak_rss_mb")
+    yield from memory_and_store(NAME_HISTORY, last, target_mb)
 
 
 def memory_rows(d: dict[str, Any]) -> Iterator[Row]:
@@ -198,6 +258,16 @@ def influx_write_rows(d: dict[str, Any]) -> Iterator[Row]:
 
 def amqp_consume_rows(d: dict[str, Any]) -> Iterator[Row]:
     med = d["median_messages_per_second"]
+    rate = d.get("target_messages_per_second")
+    if rate is not None:
+        yield Row(
+            "amqp_consume",
+            f"messages/s draining a durable queue of {d['messages']:,} published beforehand",
+            num(med["ours"]),
+            ratio=f"{med['ours'] / rate:.2f}",
+            target=f">= {num(rate)} messages/s",
+            result=verdict(med["ours"] >= rate),
+        )
     target = d.get("target_ratio")
     yield Row(
         "amqp_consume",
@@ -245,6 +315,7 @@ EXTRACTORS: dict[str, Callable[[dict[str, Any]], Iterator[Row]]] = {
     "influx_write": influx_write_rows,
     "amqp_consume": amqp_consume_rows,
     "backfill": backfill_rows,
+    NAME_HISTORY: pipeline_history_rows,
 }
 
 
