@@ -2,26 +2,34 @@
 
 ::
 
-    sources/               message.py          pipeline.py            plugin.py
-    ┌──────────────┐ raw  ┌───────────┐ Message ┌─────────┐ Message ┌──────────────────┐
-    │ replay       │─────▶│ normalize │────────▶│ dedup   │────────▶│ each plugin,     │
-    │ (AMQP, fedmsg│      │ (4 shapes)│         │ by id   │         │ isolated: out.inc│
-    │  poll: later)│      └─────┬─────┘         └────┬────┘         │ / out.set        │
-    └──────────────┘            │ Rejected           │ duplicate    └────────┬─────────┘
-                                ▼                    ▼                       │ emissions
-                         counted by reason     counted per source            ▼
-                                                                     aggregate.py
-                                                            per-bucket values at 1 s, 1 m,
-                                                            1 h, 1 d (message time) + totals
-                                                                             │ every flush_interval
-                                                                             ▼
-                                                                     store.py (SQLite, WAL)
-                                                       ONE transaction: message ids, buckets,
-                                                       totals, checkpoint covered_until, outbox
-                                                                             │ committed batch
-                                                                             ▼
-                                                  listeners: exposition.py (/metrics),
-                                                  influx.py (sends the outbox, own thread)
+    sources/ (replay, amqp + schema_check, zmq, hub, poll), backfill.py, cli.py replay
+         │ raw: bytes, str, a JSON value, a fedora-messaging Message
+         ▼        (history.py: an import's rows, most as Messages straight to process())
+    message.py    decode (msgspec, else json.loads), normalize the four shapes
+         │ Message                                 ── Rejected ──▶ counted by reason
+         ▼
+    pipeline.py   dedup by id in the window (ledger.SeenIds, in memory)
+         │                                         ── duplicate ──▶ counted per source
+         ▼
+    routing.py    the plugins whose topic patterns match (once per distinct topic)
+         │
+         ▼
+    plugin.py     each plugin, isolated: out.inc / out.set
+         │ emissions
+         ▼
+    aggregate.py  the base interval only, by message time: deltas, newest gauges, totals
+         │ Batch: every store.flush_interval, store.max_batch messages, or the daemon's
+         ▼ ack_window (half a fedora-messaging prefetch)
+    store.py      ONE SQLite transaction (WAL):
+                  counts.py  series, base deltas staged, 1 m/1 h/1 d derived in SQL, totals
+                  ledger.py  message ids, checkpoint covered_until, plugin histories,
+                             resume points
+                  hooks      outbox.py: the InfluxDB sink's lines (OutboxWriter)
+         │ committed batch
+         ▼
+    listeners     exposition.py re-renders the touched series (/metrics); influx.py's
+                  sender thread is woken to send the outbox; then the daemon
+                  acknowledges the AMQP deliveries the flush covered
 
 The pipeline is single-threaded: the daemon (or ``replay``) calls :meth:`Pipeline.handle` and
 :meth:`Pipeline.flush` from one thread; sources run in their own threads and hand messages over
