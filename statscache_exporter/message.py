@@ -198,8 +198,8 @@ def loads(data: bytes | str) -> Any:
     (``tests/test_message.py``)."""
     try:
         return _decode(data)
-    except msgspec.DecodeError:
-        pass
+    except (msgspec.DecodeError, RecursionError):
+        pass  # json decides, and names the failure
     try:
         if isinstance(data, bytes):
             data = data.decode("utf-8")
