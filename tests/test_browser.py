@@ -57,6 +57,23 @@ def stored_minutes(demo: Demo, start: int, stop: int) -> int:
     return int(n)
 
 
+def stored_category_totals(demo: Demo) -> dict[str, int]:
+    """Category → the volume_by_category total the store holds, read by SQL here."""
+    db = sqlite3.connect(f"file:{demo.daemon.pipeline.store.path}?mode=ro", uri=True)
+    try:
+        rows = db.execute(
+            "SELECT s.labels, t.value FROM totals t JOIN series s ON s.id = t.series "
+            "WHERE s.plugin = 'volume_by_category'"
+        ).fetchall()
+    finally:
+        db.close()
+    totals: dict[str, int] = {}
+    for labels, value in rows:
+        name = json.loads(labels)["category"]
+        totals[name] = totals.get(name, 0) + int(value)
+    return totals
+
+
 def points(driver: Any, chart: str) -> list[tuple[int, float]]:
     """(data-t, data-v) of every point the chart draws, read in one round trip."""
     found = driver.execute_script(
@@ -107,8 +124,18 @@ def test_overview_shows_sources_sinks_categories_and_a_card_per_plugin(
     assert len(cards) == len(demo.daemon.pipeline.plugins)
     volume_card = points(driver, "spark-volume")
     assert sum(v for _, v in volume_card) == demo.daemon.pipeline.stats.processed[REPLAY]
-    categories = driver.find_elements(By.CSS_SELECTOR, "table.share tbody tr")
-    assert 1 <= len(categories) <= 10
+    # the replay lies inside the overview's window (the volume card sums to it), so the top
+    # categories are the store's ten largest totals of volume_by_category
+    rows = driver.find_elements(By.CSS_SELECTOR, "table.share tbody tr")
+    shown = {}
+    for row in rows:
+        name, value = (td.text for td in row.find_elements(By.TAG_NAME, "td")[:2])
+        shown[name] = int(value.replace(",", ""))
+    stored = stored_category_totals(demo)
+    assert len(rows) == len(shown) == min(10, len(stored))
+    assert all(stored.get(name) == n for name, n in shown.items())  # each its own count
+    cut = sorted(stored.values(), reverse=True)[len(shown) - 1]
+    assert all(n <= cut for name, n in stored.items() if name not in shown)  # the largest
 
 
 def test_every_plugin_page_loads_with_charts_of_what_the_store_holds(

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import requests
+from servers import missing
 from test_web import self_signed
 
 from statscache_exporter import config as configuration
@@ -259,13 +260,13 @@ def test_idle_and_unfinished_connections_are_closed(app: App, tmp_path: Path) ->
 
 def test_ipv6_and_dual_stack(app: App) -> None:
     if not socket.has_ipv6:
-        pytest.skip("no IPv6 on this machine")
+        missing("no IPv6 on this machine")
     try:
         probe = socket.socket(socket.AF_INET6)
         probe.bind(("::1", 0))
         probe.close()
     except OSError:
-        pytest.skip("no IPv6 loopback on this machine")
+        missing("no IPv6 loopback on this machine")
     with serving(app, address="::1") as server:
         assert requests.get(f"http://[::1]:{server.port}/healthz", timeout=10).text == "ok\n"
     with serving(app, address="::") as server:
