@@ -119,15 +119,21 @@ def _values_sql(head: str, columns: int, rows: int) -> str:
     return f"{head} VALUES {','.join([row] * rows)}"
 
 
-def insert_rows(db: sqlite3.Connection, head: str, rows: Sequence[tuple[Any, ...]]) -> None:
-    """``head`` (``INSERT INTO t (a, b)``) with ``rows``, as multi-row VALUES statements."""
+def insert_rows(
+    db: sqlite3.Connection, head: str, rows: Sequence[tuple[Any, ...]], tail: str = ""
+) -> list[Any]:
+    """``head`` (``INSERT INTO t (a, b)``) with ``rows``, as multi-row VALUES statements,
+    each followed by ``tail`` (e.g. ``RETURNING ...``); the rows the statements return."""
     if not rows:
-        return
+        return []
     columns = len(rows[0])
     per = PARAMETERS_PER_STATEMENT // columns
+    returned: list[Any] = []
     for i in range(0, len(rows), per):
         chunk = rows[i : i + per]
-        db.execute(_values_sql(head, columns, len(chunk)), list(chain.from_iterable(chunk)))
+        sql = _values_sql(head, columns, len(chunk)) + tail
+        returned += db.execute(sql, list(chain.from_iterable(chunk))).fetchall()
+    return returned
 
 
 def labels_json(series: Series) -> str:
@@ -178,30 +184,17 @@ class Counts:
     def insert_series(self, db: sqlite3.Connection, batch: Batch) -> list[SeriesKey]:
         """Give the batch's new series their ids; the keys of those that were new."""
         new = [key for key in batch.series if key not in self.series_ids]
-        rows = {}  # (metric, labels JSON) -> the series' key
+        by_text: dict[tuple[str, str], SeriesKey] = {}  # (metric, labels JSON) -> key
+        rows = []
         for key in new:
             s = batch.series[key]
-            rows[(s.metric.name, labels_json(s))] = key
-        per = PARAMETERS_PER_STATEMENT // 5
-        items = [
-            (
-                batch.series[key].plugin,
-                m,
-                batch.series[key].metric.kind,
-                lab,
-                batch.series[key].created,
-            )
-            for (m, lab), key in rows.items()
-        ]
-        for i in range(0, len(items), per):
-            chunk = items[i : i + per]
-            # RETURNING gives its rows in no set order: each names its own series
-            for sid, metric, labels in db.execute(
-                _values_sql(_INSERT_SERIES, 5, len(chunk)) + _SERIES_CONFLICT,
-                list(chain.from_iterable(chunk)),
-            ):
-                key = rows[(metric, labels)]
-                self.series_ids[key] = batch.series[key].sid = int(sid)
+            labels = labels_json(s)
+            by_text[(s.metric.name, labels)] = key
+            rows.append((s.plugin, s.metric.name, s.metric.kind, labels, s.created))
+        # RETURNING gives its rows in no set order: each names its own series
+        for sid, metric, labels in insert_rows(db, _INSERT_SERIES, rows, _SERIES_CONFLICT):
+            key = by_text[(metric, labels)]
+            self.series_ids[key] = batch.series[key].sid = int(sid)
         return new
 
     def forget(self, batch: Batch, keys: Sequence[SeriesKey]) -> None:
