@@ -36,6 +36,7 @@ from statscache_exporter.sources.datanommer import (
     Position,
     describe,
     naive_utc,
+    prefetched,
     records,
 )
 from statscache_exporter.sources.dumps import Dump, Unresolved, in_date_order
@@ -211,10 +212,13 @@ def import_database(
                     until if until is not None else bounds[1].replace(tzinfo=UTC).timestamp()
                 )
             stats.position = after.epoch if after is not None else stats.start
-            rows = records(
-                reader.batches(lo, hi, after), Converter(config.messages, pipeline.clock)
-            )
-            complete = import_rows(pipeline, rows, name, stop, stats, progress)
+            batches = prefetched(reader.batches(lo, hi, after))
+            rows = records(batches, Converter(config.messages, pipeline.clock))
+            try:
+                complete = import_rows(pipeline, rows, name, stop, stats, progress)
+            finally:  # the prefetch thread ends before the reader's connection is closed
+                rows.close()
+                batches.close()
         except DatanommerError as exc:
             pipeline.flush()  # what was handed over, and its resume point, are kept
             where = pipeline.store.resume_point(name)

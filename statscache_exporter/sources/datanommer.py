@@ -9,10 +9,14 @@ the join tables ``users_messages``/``packages_messages`` (``user_id``/``package_
 How it is read (:class:`DatanommerReader`): in ``(timestamp, id)`` order, ``batch_size`` rows a
 query, each query starting after the last row read (keyset paging: never ``OFFSET``, so a
 batch costs the same at the end of 250 million rows as at the start, and rows stored meanwhile
-before the position are never read twice or skipped after it); the users and packages of a
-batch in one query per join table. Memory holds one batch. A query that fails (the server gone,
-a timeout) is tried again on a new connection after a backoff, from the same position; after
-``datanommer.retries`` attempts :class:`DatanommerError` names the range left.
+before the position are never read twice or skipped after it); each row's users and packages
+in the same query (``ARRAY(...)`` subqueries over the join tables' ``msg_id`` index: one round
+trip a batch, and no list of ids sent back to the server). The session turns PostgreSQL's JIT
+off: the planner's cost for a batch is past ``jit_above_cost`` whatever the table's size, and
+compiling took ~30 ms a batch for nothing. Memory holds one batch (two when :func:`prefetched`
+reads the next one meanwhile). A query that fails (the server gone, a timeout) is tried again
+on a new connection after a backoff, from the same position; after ``datanommer.retries``
+attempts :class:`DatanommerError` names the range left.
 
 Each row becomes a :class:`~statscache_exporter.message.Message` (:func:`row_message`) at the
 row's own time (microseconds), with the users, packages and agent of the database, so by-user
@@ -25,17 +29,19 @@ keeps its microseconds. A row the fast path cannot take as it is (no ``msg_id``,
 not a JSON object, a time in the future) goes to the pipeline as a ``/raw`` item
 (:func:`row_item`), which normalizes, identifies or rejects it by the pipeline's own rules.
 
-history.py feeds a reader's rows to the pipeline with its resume point.
+history.py feeds a reader's rows to the pipeline with its resume point, the next batch read
+by a thread of :func:`prefetched` while the pipeline counts the current one (the thread waits
+on the server with the GIL released: the query's time on the server is then off the import's).
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
+import queue
 import threading
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -43,7 +49,7 @@ from urllib.parse import urlsplit
 
 from statscache_exporter import schemas
 from statscache_exporter.config import DatanommerConfig, MessagesConfig
-from statscache_exporter.message import Message, category_of
+from statscache_exporter.message import Message, Rejected, category_of, loads
 from statscache_exporter.sources.backoff import Backoff
 from statscache_exporter.text import is_text
 
@@ -132,6 +138,7 @@ class Converter:
         :class:`Message`, or as a ``/raw`` item for the pipeline to judge when it is not a
         plain good one (see the module doc)."""
         aware = when.replace(tzinfo=UTC)
+        epoch = aware.timestamp()
         body = _json(msg)
         head = _json(headers) if headers is not None else None
         head = head if isinstance(head, dict) else {}
@@ -140,27 +147,46 @@ class Converter:
             or not isinstance(msg_id, str)
             or not msg_id
             or not is_text(msg_id)
-            or not isinstance(topic, str)
-            or not topic.strip()
-            or not is_text(topic)
-            or aware.timestamp() > latest
+            or not _good_topic(topic)
+            or epoch > latest
         ):
             raw = msg if body is None else body
             return row_item(aware, msg_id, topic, agent, raw, head, users, packages)
         agent = agent if isinstance(agent, str) and agent and is_text(agent) else None
-        if agent is None and self.use_schemas:
-            agent = schemas.facts_for(topic, body, head).agent
+        if agent is None and self.use_schemas and schemas.SCHEMA_HEADER in head:
+            agent = schemas.facts_for(topic, body, head, _AGENT_ONLY).agent
         return Message(
-            id=msg_id,
-            topic=topic,
-            timestamp=aware,
-            body=body,
-            headers=head,
-            category=category_of(topic, self.environments),
-            usernames=_names(users),
-            packages=_names(packages),
-            agent=agent,
+            msg_id,
+            topic,
+            aware,
+            body,
+            head,
+            category_of(topic, self.environments),
+            _names(users) if users else (),
+            _names(packages) if packages else (),
+            agent,
+            epoch,
         )
+
+
+#: what a row without an agent asks of its schema class: the agent alone (the database's
+#: users and packages are the truth)
+_AGENT_ONLY = (False, False, True)
+#: topics seen to be good (a non-blank string, valid UTF-8): the bus has a few thousand
+_GOOD_TOPICS: set[str] = set()
+
+
+def _good_topic(topic: Any) -> bool:
+    """Whether ``topic`` is one a message may have (a string, not blank, valid UTF-8);
+    remembered for the good ones, which are nearly all."""
+    if topic in _GOOD_TOPICS:
+        return True
+    if not isinstance(topic, str) or not topic.strip() or not is_text(topic):
+        return False
+    if len(_GOOD_TOPICS) >= 100_000:  # made-up topics must not grow it without bound
+        _GOOD_TOPICS.clear()
+    _GOOD_TOPICS.add(topic)
+    return True
 
 
 def row_item(
@@ -189,12 +215,13 @@ def row_item(
 
 
 def _json(value: Any) -> Any:
-    """A JSON column's value: parsed if text, None if it is not JSON."""
+    """A JSON column's value: parsed if text (by ``message.loads``: msgspec, with json's
+    values and refusals), None if it is not JSON."""
     if not isinstance(value, str | bytes):
         return value
     try:
-        return json.loads(value)
-    except (ValueError, RecursionError):
+        return loads(value)
+    except Rejected:
         return None
 
 
@@ -202,28 +229,27 @@ def _names(values: Sequence[str]) -> tuple[str, ...]:
     """As the normalizers keep names: sorted, unique, non-empty, valid UTF-8."""
     if not values:
         return ()
+    if all(v.__class__ is str and v and v.isascii() for v in values):  # the usual case
+        return tuple(sorted(set(values))) if len(values) > 1 else tuple(values)
     return tuple(sorted({v for v in values if isinstance(v, str) and v and is_text(v)}))
 
 
 # --- the reader ------------------------------------------------------------------------------
 
 _BATCH = """
-SELECT id, timestamp, msg_id, topic, agent_name, msg, headers::text
-FROM messages
-WHERE timestamp >= %(t)s AND (timestamp, id) > (%(t)s, %(id)s) AND timestamp < %(until)s
-ORDER BY timestamp, id
+SELECT m.id, m.timestamp, m.msg_id, m.topic, m.agent_name, m.msg, m.headers::text,
+  ARRAY(SELECT n.name FROM users_messages j JOIN users n ON n.id = j.user_id
+        WHERE j.msg_id = m.id AND j.msg_timestamp = m.timestamp),
+  ARRAY(SELECT n.name FROM packages_messages j JOIN packages n ON n.id = j.package_id
+        WHERE j.msg_id = m.id AND j.msg_timestamp = m.timestamp)
+FROM messages m
+WHERE m.timestamp >= %(t)s AND (m.timestamp, m.id) > (%(t)s, %(id)s) AND m.timestamp < %(until)s
+ORDER BY m.timestamp, m.id
 LIMIT %(n)s
 """
 
-_NAMES = """
-SELECT j.msg_id, j.msg_timestamp, n.name
-FROM {join} j JOIN {names} n ON n.id = j.{key}
-WHERE j.msg_id = ANY(%(ids)s) AND j.msg_timestamp BETWEEN %(lo)s AND %(hi)s
-"""
-
-#: a batch's rows: (position, id, timestamp, msg_id, topic, agent_name, msg, headers)
-Row = tuple[int, datetime, Any, Any, Any, Any, Any]
-Names = dict[tuple[int, datetime], list[str]]
+#: a batch's row: (id, timestamp, msg_id, topic, agent_name, msg, headers, users, packages)
+Row = tuple[int, datetime, Any, Any, Any, Any, Any, list[str], list[str]]
 
 
 @dataclass
@@ -272,6 +298,8 @@ class DatanommerReader:
             options["password"] = self.config.password
         conn = psycopg.connect(self.url, autocommit=True, **options)
         conn.execute("SET TIME ZONE 'UTC'")
+        with contextlib.suppress(psycopg.errors.UndefinedObject):  # PostgreSQL < 11: no JIT
+            conn.execute("SET jit = off")  # see the module doc
         return conn
 
     def _connection(self) -> psycopg.Connection[Any]:
@@ -303,53 +331,33 @@ class DatanommerReader:
         since: datetime | None,
         until: datetime | None,
         after: Position | None = None,
-    ) -> Iterator[tuple[list[Row], Names, Names]]:
-        """Each batch of rows with its users and packages, until the range is read."""
+    ) -> Iterator[list[Row]]:
+        """Each batch of rows (with their users and packages), until the range is read."""
         position = after or Position(since or _FIRST, -1)
         if since is not None and position.timestamp < since:
             position = Position(since, -1)
         end = until or _LAST
         while not self.stop.is_set():
-            batch = self._read_batch(position, end, until)
-            if not batch[0]:
+            rows = self._read_batch(position, end, until)
+            if not rows:
                 return
-            rows = batch[0]
             self.stats.rows += len(rows)
             self.stats.batches += 1
-            yield batch
+            yield rows
             position = Position(rows[-1][1], rows[-1][0])
             if len(rows) < self.config.batch_size:
                 return
 
-    def _read_batch(
-        self, position: Position, end: datetime, until: datetime | None
-    ) -> tuple[list[Row], Names, Names]:
-        def read(conn: psycopg.Connection[Any]) -> tuple[list[Row], Names, Names]:
-            params = {"t": position.timestamp, "id": position.id, "until": end}
-            rows: list[Row] = conn.execute(
-                _BATCH, {**params, "n": self.config.batch_size}
-            ).fetchall()
-            if not rows:
-                return rows, {}, {}
-            ids = [r[0] for r in rows]
-            span = {"ids": ids, "lo": rows[0][1], "hi": rows[-1][1]}
-            users = self._names(conn, "users_messages", "users", "user_id", span)
-            packages = self._names(conn, "packages_messages", "packages", "package_id", span)
-            return rows, users, packages
+    def _read_batch(self, position: Position, end: datetime, until: datetime | None) -> list[Row]:
+        params = {"t": position.timestamp, "id": position.id, "until": end}
+        params["n"] = self.config.batch_size
+
+        def read(conn: psycopg.Connection[Any]) -> list[Row]:
+            return conn.execute(_BATCH, params).fetchall()
 
         left = f"{_iso(position.timestamp)} to {_iso(until) if until else 'the end'}"
-        batch: tuple[list[Row], Names, Names] = self._query(read, f"the rows from {left}", position)
-        return batch
-
-    @staticmethod
-    def _names(
-        conn: psycopg.Connection[Any], join: str, names: str, key: str, span: Mapping[str, Any]
-    ) -> Names:
-        found: Names = defaultdict(list)
-        sql = _NAMES.format(join=join, names=names, key=key)
-        for msg, when, name in conn.execute(sql, span):
-            found[(msg, when)].append(name)
-        return found
+        rows: list[Row] = self._query(read, f"the rows from {left}", position)
+        return rows
 
     def _query(
         self, run: Callable[[psycopg.Connection[Any]], Any], what: str, position: Position | None
@@ -394,36 +402,76 @@ def _iso(when: datetime) -> str:
     return when.replace(tzinfo=UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+def prefetched(batches: Iterator[list[Row]]) -> Generator[list[Row], None, None]:
+    """``batches``, each next one read by a thread while the caller works on the one it was
+    given (at most one batch ahead); what reading raises is raised here, in order. Closing
+    the result ends the thread before it returns (after the query under way, if any), so the
+    reader's connection is no longer in use when it is closed."""
+    ahead: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
+    done = threading.Event()  # the consumer is gone: the thread puts nothing more
+
+    def put(item: tuple[str, Any]) -> bool:
+        while not done.is_set():
+            try:
+                ahead.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for batch in batches:
+                if not put(("batch", batch)):
+                    return
+            put(("end", None))
+        except BaseException as exc:  # handed to the consumer, who raises it
+            put(("error", exc))
+        finally:
+            closer = getattr(batches, "close", None)
+            if closer is not None:
+                closer()
+
+    thread = threading.Thread(target=read, name="datanommer-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            try:
+                kind, value = ahead.get(timeout=0.1)
+            except queue.Empty:
+                if not thread.is_alive() and ahead.empty():
+                    raise RuntimeError("the prefetch thread ended without a word") from None
+                continue
+            if kind == "batch":
+                yield value
+            elif kind == "error":
+                raise value
+            else:
+                return
+    finally:
+        done.set()
+        thread.join()
+
+
 def records(
-    batches: Iterable[tuple[list[Row], Names, Names]], converter: Converter
-) -> Iterator[tuple[Position, Message | dict[str, Any]]]:
+    batches: Iterable[list[Row]], converter: Converter
+) -> Generator[tuple[Position, Message | dict[str, Any]], None, None]:
     """Each row as (its position, its message or ``/raw`` item)."""
-    for rows, users, packages in batches:
+    message = converter.message
+    for rows in batches:
         latest = converter.latest()
-        for ident, when, msg_id, topic, agent, msg, headers in rows:
-            key = (ident, when)
+        for ident, when, msg_id, topic, agent, msg, headers, users, packages in rows:
             yield (
                 Position(when, ident),
-                converter.message(
-                    when,
-                    msg_id,
-                    topic,
-                    agent,
-                    msg,
-                    headers,
-                    users.get(key, ()),
-                    packages.get(key, ()),
-                    latest,
-                ),
+                message(when, msg_id, topic, agent, msg, headers, users, packages, latest),
             )
 
 
-def items(batches: Iterable[tuple[list[Row], Names, Names]]) -> Iterator[dict[str, Any]]:
+def items(batches: Iterable[list[Row]]) -> Iterator[dict[str, Any]]:
     """Each row as a ``/raw`` item (:func:`row_item`), for a pipeline fed through a queue of
     raw messages (the gap filler's)."""
-    for rows, users, packages in batches:
-        for ident, when, msg_id, topic, agent, msg, headers in rows:
-            key = (ident, when)
+    for rows in batches:
+        for _ident, when, msg_id, topic, agent, msg, headers, users, packages in rows:
             body = _json(msg)
             head = _json(headers) if headers is not None else None
             yield row_item(
@@ -433,6 +481,6 @@ def items(batches: Iterable[tuple[list[Row], Names, Names]]) -> Iterator[dict[st
                 agent,
                 msg if body is None else body,
                 head if isinstance(head, dict) else {},
-                users.get(key, ()),
-                packages.get(key, ()),
+                users,
+                packages,
             )
