@@ -94,15 +94,15 @@ class Window:
 class SeenIds:
     """The ids of the dedup window, in memory: a table of 64-bit fingerprints (Python's own
     string hash), with each id's message-time slot and count order, open addressing over
-    flat arrays: 16 bytes a place, at most 0.7 full, as few as 35% live after a rebuild and
-    the places a power of two: 23-92 bytes an id (1,000,000 ids: 4,194,304 places, 64 MiB;
+    flat arrays: 16 bytes a place, at most 0.7 full, at most half live after a rebuild and
+    the places a power of two: 23-64 bytes an id (1,000,000 ids: 2,097,152 places, 32 MiB;
     a set of the strings alone takes ~130 bytes an id).
 
     An id outside the window counts as absent; such entries are dropped when the table is
-    rebuilt (when it is 0.7 full, live and expired entries together), the live ones filling
-    35% of the new one. Two ids with the same fingerprint would be taken for one: with 2^64
-    fingerprints and a window of millions of ids, about one message in 10^12 (and hash
-    randomisation makes it no one's choice which).
+    rebuilt (when it is 0.7 full, live and expired entries together), into the smallest
+    table they fill at most half of: in place when that is this one. Two ids with the same
+    fingerprint would be taken for one: with 2^64 fingerprints and a window of millions of
+    ids, about one message in 10^12 (and hash randomisation makes it no one's choice which).
     """
 
     MIN_CAPACITY = 1 << 12
@@ -175,22 +175,51 @@ class SeenIds:
             i = (i + 1) & mask
 
     def _rebuild(self) -> None:
-        """Drop the expired entries, and grow so that the live ones fill 35% of the table."""
-        live = [
-            (k, self._slots[i], self._seqs[i])
-            for i, k in enumerate(self._keys)
-            if k and self._live(i)
-        ]
-        self._allocate(len(live) * 100 // 35 + 1)
+        """Drop the expired entries, into the smallest table the live ones fill at most half
+        of: this one (in place) or one larger or smaller. No list of the entries is built: the
+        rebuild's peak is the table itself, or the old table and the new one."""
+        live = sum(1 for i, k in enumerate(self._keys) if k and self._live(i))
+        if max(self.MIN_CAPACITY, 1 << (live * 2).bit_length()) == self.capacity:
+            self._compact()
+            return
+        keys, slots, seqs = self._keys, self._slots, self._seqs
+        self._allocate(live * 2 + 1)
+        new_keys, new_slots, new_seqs, mask = self._keys, self._slots, self._seqs, self._mask
+        for i, k in enumerate(keys):
+            if k and (slots[i] >= self._floor or seqs[i] >= self._seq_floor):
+                j = k & mask
+                while new_keys[j]:
+                    j = (j + 1) & mask
+                new_keys[j] = k
+                new_slots[j] = slots[i]
+                new_seqs[j] = seqs[i]
+        self._used = live
+
+    def _compact(self) -> None:
+        """Drop the expired entries in place. Each live entry, taken in table order from a
+        place that was empty, is put back at the first free place from its home: a probe path
+        never crosses a place that was empty, so an entry only moves back along its own path,
+        over places already compacted, and every path stays unbroken."""
         keys, slots, seqs, mask = self._keys, self._slots, self._seqs, self._mask
-        for k, slot, seq in live:
-            i = k & mask
-            while keys[i]:
-                i = (i + 1) & mask
-            keys[i] = k
-            slots[i] = slot
-            seqs[i] = seq
-        self._used = len(live)
+        start = keys.index(0)  # there is one: the table is at most 0.7 full
+        used = 0
+        for n in range(1, mask + 1):
+            i = (start + n) & mask
+            k = keys[i]
+            if not k:
+                continue
+            keys[i] = 0
+            if not self._live(i):
+                continue
+            used += 1
+            j = k & mask
+            while keys[j]:
+                j = (j + 1) & mask
+            keys[j] = k
+            if j != i:
+                slots[j] = slots[i]
+                seqs[j] = seqs[i]
+        self._used = used
 
 
 @dataclass

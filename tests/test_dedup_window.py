@@ -122,3 +122,47 @@ def test_seen_ids_grow_and_drop_expired_ones_exactly() -> None:
     assert all(f"x{n}" not in seen for n in range(10_000))
     assert len(seen) <= seen.capacity * 7 // 10
     assert seen.capacity <= 1 << 17  # ~21k live ids: rebuilt, not grown without bound
+
+
+def test_seen_ids_compacted_in_place_keep_exactly_the_live_ones() -> None:
+    """A window of ~1,000 ids through the smallest table, 50,000 ids added: every rebuild is
+    a compaction in place (the live ones fill at most half), with probe runs that wrap around
+    the end of the table; after each step the table answers as a plain model of the window."""
+    rng = random.Random(11)
+    seen = SeenIds()
+    model: dict[str, tuple[int, int]] = {}  # id -> (slot, seq)
+    window = Window(float("-inf"), 0)
+    compactions = wraps = 0
+    for n in range(50_000):
+        mid = f"{rng.getrandbits(64):016x}"
+        ts = T0 + n * 6 + rng.randrange(-600, 600)  # a share arriving out of time order
+        before = seen._used
+        assert seen.add(mid, ts, n)
+        model[mid] = (int(ts // SLOT), n)
+        compactions += seen._used < before
+        if n % 100 == 99:
+            window = Window(T0 + n * 6 - 3_000, n - 900)
+            seen.set_window(window)
+        if n % 2_500 == 2_499:
+            wraps += seen._keys[0] != 0 and seen._keys[-1] != 0  # a run over the end
+            floor = int(window.floor // SLOT)
+            for m, (slot, seq) in model.items():
+                assert (m in seen) == (slot >= floor or seq >= window.seq_floor), (n, m)
+    assert seen.capacity == SeenIds.MIN_CAPACITY
+    assert compactions >= 10
+    assert wraps >= 1  # (hash randomisation: a run over the end shows at ~half the checks)
+    live = [m for m in model if m in seen]
+    assert all(not seen.add(m, T0, 0) for m in live)  # found again: not a new sighting
+    assert len(seen) == len(live)
+
+
+def test_seen_ids_grow_into_a_table_twice_the_live_ones_without_a_list() -> None:
+    """Growing past half full moves the live ids to a table of at least twice their number,
+    every one still found."""
+    seen = SeenIds()
+    ids = [f"id-{n}" for n in range(100_000)]
+    for n, mid in enumerate(ids):
+        seen.add(mid, T0 + n, n)
+    assert seen.capacity == 1 << 18  # 100,000 live: the next power of two ≥ 200,000
+    assert all(mid in seen for mid in ids)
+    assert len(seen) == len(ids)
