@@ -5,7 +5,8 @@ In one process, against an ``influxd`` it starts itself (temporary directory, fr
 ports, stopped at the end):
 
 1. a store whose outbox holds N pending points (default 1,000,000), built through the store's
-   own ``Store.commit(batch, ..., outbox_resolution=1)``, one flush per 10 seconds of data, as
+   own ``Store.commit(batch)`` (the outbox filled by the sink's hook, ``OutboxWriter.after_write``,
+   at a 1 s base resolution), one flush per 10 seconds of data, as
    the pipeline would have committed them (buckets at every resolution, totals, outbox rows);
 2. ours: ``InfluxSink(config.influxdb, store_path).drain(outbox)``, the sender thread's own
    path, until the outbox is empty (read a batch's lines as one body, POST it, acknowledge
@@ -97,7 +98,7 @@ class Data:
     seconds: int
     #: measurement (metric name, without the prefix) → [points, sum of the counts]
     expected: dict[str, list[int]] = field(default_factory=dict)
-    #: what queueing the lines cost the flushes (``Store._queue``, timed in each commit)
+    #: what queueing the lines cost the flushes (``OutboxWriter.after_write``, timed in each commit)
     queue_seconds: float = 0.0
 
 
@@ -589,9 +590,9 @@ def markdown(report: dict[str, Any], rounds: list[Round], middle: Round) -> str:
         f"| {plain.seconds / max(1, plain.batches) * 1e3:.2f} |",
         "",
         f"- the lines were built and queued, in parts, by the flushes that changed the "
-        f"buckets, in SQLite; that step of their commits (`Store._queue`, timed while the "
-        f"store was built) took {building:.2f} s ({building / report['points'] * 1e6:.2f} µs "
-        "a point), not in the run",
+        f"buckets, in SQLite; that step of their commits (`OutboxWriter.after_write`, timed "
+        f"while the store was built) took {building:.2f} s "
+        f"({building / report['points'] * 1e6:.2f} µs a point), not in the run",
         f"- after the drain, the sender's loop checkpoints the store's WAL (what the last "
         f"acknowledgements wrote): {split.checkpoint_after:.2f} s, not in the run (every point "
         "is in InfluxDB by then)",

@@ -21,7 +21,8 @@ run of N (the generator's output is a prefix), so the figures at N are those of 
 measured in the same run as the others.
 
 **messages/s** = messages / the sum of the chunks' times (``time.perf_counter``); the **ratio**
-is pipeline messages/s over json.loads messages/s (target ≥ 0.5, printed as information).
+is pipeline messages/s over json.loads messages/s (target ≥ 0.25 at the largest size, printed as
+information).
 How it grows: each size's time per message over the smallest size's (1.00 or below: linear
 or better). Checked at every size: every message processed once, none rejected, and the
 store's ``messages`` total equal to the size.
@@ -82,7 +83,7 @@ from statscache_exporter.plugin import Plugin, discover
 
 NAME = "pipeline"
 HISTORY_NAME = "pipeline-history"
-TARGET_RATIO = 0.5  # issue 9: at least half of json.loads's speed (information only)
+TARGET_RATIO = 0.25  # issue 14: a quarter of json.loads's speed, at 100k and 1M (information only)
 CHUNK = 20_000
 HISTORY_CHUNK = 2_000  # ~2.5 MB of lines held at a time: the peak RSS is the pipeline's
 HISTORY_SIZES = [10_000, 100_000, 1_000_000, 10_000_000]
