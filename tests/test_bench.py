@@ -322,3 +322,39 @@ def test_the_pipeline_benchmarks_fast_lines_decode_to_the_messages() -> None:
     lines = bench_pipeline.Lines()
     for m in corpus.generate(2000, seed=9):
         assert json.loads(lines(m)) == m
+
+
+def test_report_rows_of_a_history_run_carry_its_growth_tenths_memory_and_store() -> None:
+    """make bench-history's JSON (figures written by hand) → its rows: rate at the largest
+    size, the growth against its target, the tenths, peak RSS against 300 MB, the store."""
+    run = {
+        "benchmark": "pipeline-history",
+        "target_growth": 1.1,
+        "memory": {"target_peak_rss_mb": 300.0},
+        "results": [
+            {"messages": 10_000, "us_per_message": 50.0},
+            {
+                "messages": 10_000_000,
+                "pipeline_messages_per_second": 16_000.0,
+                "loads_messages_per_second": 80_000.0,
+                "ratio": 0.2,
+                "us_per_message": 60.0,
+                "us_per_message_by_tenth": [55.0, 65.0],
+                "peak_rss_mb": 330.0,
+                "store_bytes": 1_000 * 2**20,
+            },
+        ],
+    }
+    rows = [tuple(vars(r).values()) for r in report.pipeline_history_rows(run)]
+    name = "pipeline-history"
+    assert rows == [
+        (name, "messages/s through every plugin into the store, 10,000,000 messages", "16,000",
+         "json.loads 80,000/s", "0.200", "-", "-"),
+        (name, "time a message at 10,000,000 vs 10,000 messages", "60.0 µs", "50.0 µs",
+         "1.20", "<= 1.1", "FAIL"),
+        (name, "µs a message over each tenth of the 10,000,000", "55, 65", "-", "-", "-", "-"),
+        (name, "peak RSS of the run, 10,000,000 messages", "330 MB", "-", "1.10", "<= 300 MB",
+         "FAIL"),
+        (name, "store on disk, 10,000,000 messages", "1,000.0 MB", "105 bytes a message", "-",
+         "-", "-"),
+    ]  # fmt: skip
