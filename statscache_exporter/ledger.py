@@ -122,7 +122,7 @@ class SeenIds:
         self._limit = capacity * 7 // 10
 
     def __len__(self) -> int:
-        """Live entries (a scan: for tests and self-metrics, not the hot path)."""
+        """Live entries (a scan: for rebuilds, tests and self-metrics, not the hot path)."""
         return sum(1 for i, k in enumerate(self._keys) if k and self._live(i))
 
     @property
@@ -178,7 +178,7 @@ class SeenIds:
         """Drop the expired entries, into the smallest table the live ones fill at most half
         of: this one (in place) or one larger or smaller. No list of the entries is built: the
         rebuild's peak is the table itself, or the old table and the new one."""
-        live = sum(1 for i, k in enumerate(self._keys) if k and self._live(i))
+        live = len(self)
         if max(self.MIN_CAPACITY, 1 << (live * 2).bit_length()) == self.capacity:
             self._compact()
             return

@@ -349,8 +349,12 @@ class DatanommerReader:
                 return
 
     def _read_batch(self, position: Position, end: datetime, until: datetime | None) -> list[Row]:
-        params = {"t": position.timestamp, "id": position.id, "until": end}
-        params["n"] = self.config.batch_size
+        params = {
+            "t": position.timestamp,
+            "id": position.id,
+            "until": end,
+            "n": self.config.batch_size,
+        }
 
         def read(conn: psycopg.Connection[Any]) -> list[Row]:
             return conn.execute(_BATCH, params).fetchall()
