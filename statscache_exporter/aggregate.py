@@ -7,14 +7,15 @@ message is the newest seen for them, ordered by (timestamp, message id): history
 never overwrites a newer state. Integer addition and that max are both commutative, so the same
 messages in any order give the same buckets and totals.
 
-Between flushes the aggregator holds only the *changes* since the last flush, and only at the
-base interval: a counter's delta per (series, base bucket), a gauge's newest candidate per
-(series, base bucket), and the series' total. That is all the hot path does per emission. The
-coarser resolutions are derived once per flush from the base changes (each a sum of base
-deltas, or the newest of base candidates, which is the same as adding each emission at every
-resolution: sums and that max are associative): by the store, in SQL (``counts.py``), and by
-:meth:`Batch.at_every_resolution` where Python wants them. Totals are kept in full, in memory,
-because ``/metrics`` serves them.
+Between flushes the aggregator holds only the *changes* since the last flush: a counter's
+delta per (series, bucket), a gauge's newest candidate per (series, bucket), at the base
+interval and at the first roll-up (1 m by default). That is all the hot path does per
+emission: two dictionary updates, the second in place of a per-series sum (a series' change
+in all is the sum of its roll-up deltas, or their newest candidate). The coarser resolutions
+are derived once per flush from the next finer one (:meth:`Batch.levels`: each a sum of
+deltas, or the newest of candidates, which is the same as adding each emission at every
+resolution: sums and that max are associative), and the store writes each resolution's rows
+straight into its table. Totals are kept in full, in memory, because ``/metrics`` serves them.
 
 The cardinality cap is applied here too: a metric that has as many series as its limit sends
 emissions of new label values to one overflow series (every label set to the overflow value),
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -68,15 +69,22 @@ class Series:
         return dict(zip(self.metric.labels, self.labels, strict=True))
 
 
+#: a flush's changes at one resolution: (series, bucket start) → counter delta, and → the
+#: newest gauge candidate
+Level = tuple[dict[tuple[Series, int], int], dict[tuple[Series, int], GaugeValue]]
+
+
 @dataclass(slots=True)
 class Batch:
     """Everything one flush writes: bucket deltas/candidates at the base interval (the first of
-    ``resolutions``; the store derives the others from them) and the touched totals in full.
+    ``resolutions``) and at the first roll-up (the second, if any), from which
+    :meth:`levels` derives the others; and the touched totals in full.
 
-    The aggregator's changes are keyed by (series object, bucket start) (``keyed_counts``,
-    ``keyed_gauges``): building a (metric, labels, resolution, start) key for each would cost
-    the flush more than its SQL. ``counter_deltas``/``gauge_candidates`` hold changes keyed by
-    name (a batch made by hand); the store writes both."""
+    The aggregator's changes are keyed by (series object, bucket start) (``keyed_*`` at the
+    base interval, ``rolled_*`` at the first roll-up): building a (metric, labels, resolution,
+    start) key for each would cost the flush more than its SQL. ``counter_deltas`` /
+    ``gauge_candidates`` hold base-interval changes keyed by name (a batch made by hand);
+    :meth:`levels` rolls them up too."""
 
     counter_deltas: dict[BucketKey, int] = field(default_factory=dict)
     gauge_candidates: dict[BucketKey, GaugeValue] = field(default_factory=dict)
@@ -86,6 +94,9 @@ class Batch:
     resolutions: tuple[int, ...] = (1,)
     keyed_counts: dict[tuple[Series, int], int] = field(default_factory=dict)
     keyed_gauges: dict[tuple[Series, int], GaugeValue] = field(default_factory=dict)
+    #: ``keyed_counts``/``keyed_gauges`` rolled up to ``resolutions[1]`` (empty without one)
+    rolled_counts: dict[tuple[Series, int], int] = field(default_factory=dict)
+    rolled_gauges: dict[tuple[Series, int], GaugeValue] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(
@@ -106,40 +117,95 @@ class Batch:
         """Base-interval gauge buckets changed."""
         return len(self.keyed_gauges) + len(self.gauge_candidates)
 
+    def levels(self) -> dict[int, Level]:
+        """The changes at every resolution, finest first: the aggregator's base and first
+        roll-up as they are, each coarser one rolled up from the coarsest finer one that tiles
+        it (:func:`roll_sources`), and the changes keyed by name rolled up alongside."""
+        base = self.resolutions[0]
+        sources = roll_sources(self.resolutions)
+        keyed: dict[int, Level] = {base: (self.keyed_counts, self.keyed_gauges)}
+        if len(self.resolutions) > 1:
+            keyed[self.resolutions[1]] = (self.rolled_counts, self.rolled_gauges)
+        for res, parent in sources.items():
+            if res not in keyed:
+                keyed[res] = _rolled(keyed[parent], res)
+        if not (self.counter_deltas or self.gauge_candidates):
+            return keyed
+        named: dict[int, Level] = {base: self._named()}
+        for res, parent in sources.items():
+            named[res] = _rolled(named[parent], res)
+        return {res: _joined(keyed[res], named[res]) for res in self.resolutions}
+
+    def _named(self) -> Level:
+        """The changes keyed by name, keyed by series object (``series`` has each)."""
+        counts: dict[tuple[Series, int], int] = {}
+        for (name, labels, _, start), n in self.counter_deltas.items():
+            key = (self.series[(name, labels)], start)
+            counts[key] = counts.get(key, 0) + n
+        gauges: dict[tuple[Series, int], GaugeValue] = {}
+        for (name, labels, _, start), g in self.gauge_candidates.items():
+            key = (self.series[(name, labels)], start)
+            current = gauges.get(key)
+            if current is None or g > current:
+                gauges[key] = g
+        return counts, gauges
+
     def by_name(self) -> tuple[dict[BucketKey, int], dict[BucketKey, GaugeValue]]:
         """The base-interval changes, all keyed by (metric, labels, resolution, start)."""
         base = self.resolutions[0]
-        deltas = dict(self.counter_deltas)
-        for (s, start), n in self.keyed_counts.items():
-            key = (s.metric.name, s.labels, base, start)
-            deltas[key] = deltas.get(key, 0) + n
-        candidates = dict(self.gauge_candidates)
-        for (s, start), g in self.keyed_gauges.items():
-            key = (s.metric.name, s.labels, base, start)
-            current = candidates.get(key)
-            if current is None or g > current:
-                candidates[key] = g
-        return deltas, candidates
+        return _by_name({base: self.levels()[base]})
 
     def at_every_resolution(
         self,
     ) -> tuple[dict[BucketKey, int], dict[BucketKey, GaugeValue]]:
-        """The changes at every resolution, rolled up here from the base interval's: what the
-        store derives in SQL (tests hold the two equal)."""
-        deltas: dict[BucketKey, int] = {}
-        candidates: dict[BucketKey, GaugeValue] = {}
-        base_deltas, base_candidates = self.by_name()
-        for (name, labels, _, start), n in base_deltas.items():
-            for res in self.resolutions:
-                key = (name, labels, res, start // res * res)
-                deltas[key] = deltas.get(key, 0) + n
-        for (name, labels, _, start), g in base_candidates.items():
-            for res in self.resolutions:
-                key = (name, labels, res, start // res * res)
-                current = candidates.get(key)
-                if current is None or g > current:
-                    candidates[key] = g
-        return deltas, candidates
+        """The changes at every resolution (what the store writes), keyed by name."""
+        return _by_name(self.levels())
+
+
+def roll_sources(resolutions: Sequence[int]) -> dict[int, int]:
+    """Each coarser resolution → the finer one it is rolled up from: the coarsest earlier one
+    whose buckets tile it (a multiple of it), so a minute's rows make the hour's, the hour's
+    the day's; the base interval otherwise."""
+    sources: dict[int, int] = {}
+    for i, res in enumerate(resolutions[1:], start=1):
+        sources[res] = next((r for r in reversed(resolutions[:i]) if res % r == 0), resolutions[0])
+    return sources
+
+
+def _rolled(level: Level, res: int) -> Level:
+    """A level's changes rolled up into buckets of ``res`` seconds (a multiple of its own)."""
+    counts: dict[tuple[Series, int], int] = {}
+    get = counts.get
+    for (s, start), n in level[0].items():
+        key = (s, start - start % res)
+        counts[key] = get(key, 0) + n
+    gauges: dict[tuple[Series, int], GaugeValue] = {}
+    for (s, start), g in level[1].items():
+        key = (s, start - start % res)
+        current = gauges.get(key)
+        if current is None or g > current:
+            gauges[key] = g
+    return counts, gauges
+
+
+def _joined(mine: Level, theirs: Level) -> Level:
+    counts, gauges = dict(mine[0]), dict(mine[1])
+    _sum_into(counts, theirs[0])
+    _newest_into(gauges, theirs[1])
+    return counts, gauges
+
+
+def _by_name(
+    levels: Mapping[int, Level],
+) -> tuple[dict[BucketKey, int], dict[BucketKey, GaugeValue]]:
+    deltas: dict[BucketKey, int] = {}
+    candidates: dict[BucketKey, GaugeValue] = {}
+    for res, (counts, gauges) in levels.items():
+        for (s, start), n in counts.items():
+            deltas[(s.metric.name, s.labels, res, start)] = n
+        for (s, start), g in gauges.items():
+            candidates[(s.metric.name, s.labels, res, start)] = g
+    return deltas, candidates
 
 
 def bucket_start(epoch: float, resolution: int) -> int:
@@ -176,12 +242,15 @@ class Aggregator:
         self._overflow = overflow_value
         #: metric name → the plugin that declares it (names are unique across plugins)
         self.plugin_of: dict[str, str] = {}
-        #: since the last drain: (series, base bucket start) → counter delta or newest gauge
-        #: candidate; and per series touched, its counter delta or newest candidate in all
+        #: the first roll-up, kept by the hot path beside the base interval; without one, a
+        #: bucket of all time (so its deltas are each series' sum since the last drain)
+        self.roll = self.resolutions[1] if len(self.resolutions) > 1 else 1 << 62
+        #: since the last drain: (series, bucket start) → counter delta or newest gauge
+        #: candidate, at the base interval and at ``roll``
         self._counts: dict[tuple[Series, int], int] = {}
         self._gauges: dict[tuple[Series, int], GaugeValue] = {}
-        self._count_sums: dict[Series, int] = {}
-        self._newest: dict[Series, GaugeValue] = {}
+        self._rolled_counts: dict[tuple[Series, int], int] = {}
+        self._rolled_gauges: dict[tuple[Series, int], GaugeValue] = {}
         self._requeued: list[Batch] = []
 
     def restore(
@@ -207,32 +276,34 @@ class Aggregator:
 
     def add_all(self, emissions: Iterable[Emission], ts: float, msg_id: str) -> None:
         """Apply one message's emissions (of every plugin, whose metrics ``plugin_of`` names):
-        each lands in the base bucket of ``ts``, as a delta or a candidate."""
+        each lands in the bucket of ``ts`` at the base interval and at the first roll-up, as
+        a delta or a candidate."""
         base = self.base
         start = int(ts // base) * base
+        rstart = start - start % self.roll
         series = self.series
         counts, gauges = self._counts, self._gauges
-        sums, newest = self._count_sums, self._newest
+        rolled, rolled_gauges = self._rolled_counts, self._rolled_gauges
         candidate: GaugeValue | None = None
         for metric, labels, amount, s in emissions:
             if s is None:
                 s = series.get((metric.name, labels))
                 if s is None:
                     s = self._new_series(metric, labels)
-            bkey = (s, start)
+            bkey, rkey = (s, start), (s, rstart)
             if metric.kind == "counter":
                 count = int(amount)
                 counts[bkey] = counts.get(bkey, 0) + count
-                sums[s] = sums.get(s, 0) + count
+                rolled[rkey] = rolled.get(rkey, 0) + count
             else:
                 if candidate is None or candidate.value != amount:
                     candidate = GaugeValue(ts, msg_id, float(amount))
                 current = gauges.get(bkey)
                 if current is None or candidate > current:
                     gauges[bkey] = candidate
-                current = newest.get(s)
+                current = rolled_gauges.get(rkey)
                 if current is None or candidate > current:
-                    newest[s] = candidate
+                    rolled_gauges[rkey] = candidate
 
     def _new_series(self, metric: Metric, labels: tuple[str, ...]) -> Series:
         """A series seen for the first time, or the metric's overflow series once the metric
@@ -252,21 +323,29 @@ class Aggregator:
     def drain(self) -> Batch:
         """The changes since the last drain (and a failed flush's, put back), with the new
         totals of the series they touch; the aggregator starts afresh."""
+        with_roll = len(self.resolutions) > 1
         batch = Batch(
-            resolutions=self.resolutions, keyed_counts=self._counts, keyed_gauges=self._gauges
+            resolutions=self.resolutions,
+            keyed_counts=self._counts,
+            keyed_gauges=self._gauges,
+            rolled_counts=self._rolled_counts if with_roll else {},
+            rolled_gauges=self._rolled_gauges if with_roll else {},
         )
         touched, totals, changed = batch.series, self.totals, batch.totals
-        for s, n in self._count_sums.items():
-            total = totals.get(s.key, 0)
+        for (s, _), n in self._rolled_counts.items():
+            key = s.key
+            total = totals.get(key, 0)
             assert isinstance(total, int)
-            totals[s.key] = changed[s.key] = total + n
-            touched[s.key] = s
-        for s, g in self._newest.items():
-            now = totals.get(s.key)
+            totals[key] = changed[key] = total + n
+            touched[key] = s
+        for (s, _), g in self._rolled_gauges.items():
+            key = s.key
+            now = totals.get(key)
             if now is None or (isinstance(now, GaugeValue) and g > now):
-                totals[s.key] = changed[s.key] = g
-            touched[s.key] = s
-        self._counts, self._gauges, self._count_sums, self._newest = {}, {}, {}, {}
+                totals[key] = changed[key] = g
+            touched[key] = s
+        self._counts, self._gauges = {}, {}
+        self._rolled_counts, self._rolled_gauges = {}, {}
         for old in self._requeued:
             _merge(batch, old, totals)
         self._requeued = []
@@ -285,6 +364,8 @@ def _merge(into: Batch, batch: Batch, totals: Mapping[SeriesKey, int | GaugeValu
     _sum_into(into.keyed_counts, batch.keyed_counts)
     _newest_into(into.gauge_candidates, batch.gauge_candidates)
     _newest_into(into.keyed_gauges, batch.keyed_gauges)
+    _sum_into(into.rolled_counts, batch.rolled_counts)
+    _newest_into(into.rolled_gauges, batch.rolled_gauges)
     for key in batch.totals:
         into.totals[key] = totals[key]
 

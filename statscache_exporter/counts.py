@@ -8,14 +8,15 @@
   deletes a range from the left.
 - ``totals``: series → cumulative count (counters) or current value (gauges).
 
-A flush writes the base interval's deltas (and gauge candidates) into two temporary tables,
-then derives every resolution from them in SQL, each from the next finer one (a minute's rows
-make the hour's): a coarser bucket is the sum of the deltas in it, or the newest of the
-candidates, which is what adding each emission at every resolution would give (sums and that
-max are both associative). One upsert statement per resolution writes each into ``buckets``.
-Rows go in as multi-row ``VALUES`` statements of up to :data:`PARAMETERS_PER_STATEMENT`
-parameters: binding parameters row by row (``executemany``) cost several times what SQLite's
-own work did; a flush is a few dozen statements, new series included, not thousands.
+A flush writes each resolution's changes (:meth:`Batch.levels`: the aggregator's base interval
+and first roll-up, the coarser ones rolled up from those in Python) straight into ``buckets``,
+one upsert per resolution and kind: a counter's delta is added to its bucket, a gauge's
+candidate replaces the bucket's value where it is newer. Rows go in as multi-row ``VALUES``
+statements of up to :data:`PARAMETERS_PER_STATEMENT` parameters: binding parameters row by
+row (``executemany``) cost several times what SQLite's own work did; a flush is a few dozen
+statements, new series included, not thousands. (Staging the base changes in a temporary
+table and rolling them up there in SQL cost ~40% more: each base row was written, read back
+and sorted before its upsert; ``bench/pipeline.py``.)
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from functools import cache
 from itertools import chain
 from typing import Any
 
-from statscache_exporter.aggregate import Batch, GaugeValue, Series, SeriesKey
+from statscache_exporter.aggregate import Batch, GaugeValue, Level, Series, SeriesKey
 from statscache_exporter.plugin import Metric
 
 #: parameters per multi-row INSERT (SQLite allows 32,766 a statement since 3.32)
@@ -60,40 +61,17 @@ CREATE TABLE IF NOT EXISTS totals (
 );
 """
 
-#: the flush's base-interval changes, per connection, emptied by each flush
-TEMP_SCHEMA = """
-CREATE TEMP TABLE IF NOT EXISTS flush_counts (
-    series INTEGER NOT NULL, start INTEGER NOT NULL, value INTEGER NOT NULL
-);
-CREATE TEMP TABLE IF NOT EXISTS flush_gauges (
-    series INTEGER NOT NULL, start INTEGER NOT NULL, value REAL NOT NULL,
-    ts REAL NOT NULL, msg_id TEXT NOT NULL
-);
-"""
-
-_UPSERT_COUNTS = """
-INSERT INTO buckets (resolution, start, series, value)
-SELECT :res, start, series, value FROM {source} WHERE true
-ON CONFLICT (resolution, start, series) DO UPDATE SET value = value + excluded.value
-"""
-_ROLL_COUNTS = """
-INSERT INTO {into} SELECT start / :res * :res, series, sum(value) FROM {source} GROUP BY 1, 2
-"""
-# a gauge bucket takes the newest candidate (by ts, then msg_id) where it is newer than its own
-_UPSERT_GAUGES = """
-INSERT INTO buckets (resolution, start, series, value, ts, msg_id)
-SELECT :res, start, series, value, ts, msg_id FROM {source} WHERE true
-ON CONFLICT (resolution, start, series) DO UPDATE
-SET value = excluded.value, ts = excluded.ts, msg_id = excluded.msg_id
-WHERE (excluded.ts, excluded.msg_id) > (buckets.ts, buckets.msg_id)
-"""
-_ROLL_GAUGES = """
-INSERT INTO {into} SELECT s, series, value, ts, msg_id FROM (
-    SELECT start / :res * :res AS s, series, value, ts, msg_id, row_number() OVER (
-        PARTITION BY series, start / :res * :res ORDER BY ts DESC, msg_id DESC) AS n
-    FROM {source})
-WHERE n = 1
-"""
+_UPSERT_COUNTS = (
+    "INSERT INTO buckets (resolution, start, series, value)",
+    " ON CONFLICT (resolution, start, series) DO UPDATE SET value = value + excluded.value",
+)
+# a gauge bucket takes the candidate (by ts, then msg_id) where it is newer than its own
+_UPSERT_GAUGES = (
+    "INSERT INTO buckets (resolution, start, series, value, ts, msg_id)",
+    " ON CONFLICT (resolution, start, series) DO UPDATE"
+    " SET value = excluded.value, ts = excluded.ts, msg_id = excluded.msg_id"
+    " WHERE (excluded.ts, excluded.msg_id) > (buckets.ts, buckets.msg_id)",
+)
 
 
 _INSERT_SERIES = "INSERT INTO series (plugin, metric, kind, labels, created)"
@@ -101,16 +79,6 @@ _SERIES_CONFLICT = (
     " ON CONFLICT (metric, labels) DO UPDATE SET plugin = excluded.plugin"
     " RETURNING id, metric, labels"
 )
-
-
-def roll_sources(resolutions: Sequence[int]) -> dict[int, int]:
-    """Each coarser resolution → the finer one it is rolled up from: the coarsest earlier one
-    whose buckets tile it (a multiple of it), so a minute's rows make the hour's, the hour's
-    the day's; the base interval otherwise."""
-    sources: dict[int, int] = {}
-    for i, res in enumerate(resolutions[1:], start=1):
-        sources[res] = next((r for r in reversed(resolutions[:i]) if res % r == 0), resolutions[0])
-    return sources
 
 
 @cache
@@ -143,13 +111,20 @@ def insert_rows(
     the statements return."""
     if not rows:
         return []
-    columns = len(rows[0])
+    return insert_flat(db, head, len(rows[0]), list(chain.from_iterable(rows)), tail)
+
+
+def insert_flat(
+    db: sqlite3.Connection, head: str, columns: int, values: list[Any], tail: str = ""
+) -> list[Any]:
+    """:func:`insert_rows` of rows given one after the other in one list of ``columns``
+    values a row (what the statements bind, without a tuple a row on the way)."""
     returned: list[Any] = []
     i = 0
-    for size in statement_sizes(len(rows), PARAMETERS_PER_STATEMENT // columns):
+    for size in statement_sizes(len(values) // columns, PARAMETERS_PER_STATEMENT // columns):
         sql = _values_sql(head, columns, size) + tail
-        returned += db.execute(sql, list(chain.from_iterable(rows[i : i + size]))).fetchall()
-        i += size
+        returned += db.execute(sql, values[i : i + size * columns]).fetchall()
+        i += size * columns
     return returned
 
 
@@ -220,43 +195,23 @@ class Counts:
             self.series_ids.pop(key, None)
             batch.series[key].sid = None
 
-    def stage(self, db: sqlite3.Connection, batch: Batch) -> None:
-        """The batch's base-interval changes into the flush tables (the hooks read them too)."""
-        db.execute("DELETE FROM flush_counts")
-        db.execute("DELETE FROM flush_gauges")
-        sid = self.series_ids
-        counts = [(s.sid, start, n) for (s, start), n in batch.keyed_counts.items()]
-        counts += [
-            (sid[(m, lv)], start, n) for (m, lv, _, start), n in batch.counter_deltas.items()
-        ]
-        insert_rows(db, "INSERT INTO flush_counts (series, start, value)", counts)
-        gauges = [
-            (s.sid, start, g.value, g.ts, g.msg_id) for (s, start), g in batch.keyed_gauges.items()
-        ]
-        gauges += [
-            (sid[(m, lv)], start, g.value, g.ts, g.msg_id)
-            for (m, lv, _, start), g in batch.gauge_candidates.items()
-        ]
-        insert_rows(db, "INSERT INTO flush_gauges (series, start, value, ts, msg_id)", gauges)
-
-    def write(self, db: sqlite3.Connection, batch: Batch) -> None:
-        """Every resolution's buckets from the staged changes, and the touched totals. Each
-        coarser resolution is grouped from the one it is rolled up from (``roll_sources``),
-        into a table of its own, then applied: every row is grouped once per resolution,
-        from fewer rows at each step."""
-        base, sources = batch.resolutions[0], roll_sources(batch.resolutions)
-        for kind, staged, upsert, roll, changed in (
-            ("c", "flush_counts", _UPSERT_COUNTS, _ROLL_COUNTS, batch.counts),
-            ("g", "flush_gauges", _UPSERT_GAUGES, _ROLL_GAUGES, batch.gauges),
-        ):
-            if not changed:
-                continue
-            db.execute(upsert.format(source=staged), {"res": base})
-            for res, parent in sources.items():
-                into = self._roll_table(db, kind, res)
-                source = staged if parent == base else f"flush_{kind}{parent}"
-                db.execute(roll.format(into=into, source=source), {"res": res})
-                db.execute(upsert.format(source=into), {"res": res})
+    def write(self, db: sqlite3.Connection, batch: Batch, levels: Mapping[int, Level]) -> None:
+        """Every resolution's changes (``batch.levels()``) into ``buckets``, and the touched
+        totals."""
+        self._name_ids(batch)
+        for res, (counts, gauges) in levels.items():
+            if counts:
+                keys = list(counts)
+                values: list[Any] = [res] * (4 * len(keys))
+                values[1::4] = [start for _, start in keys]
+                values[2::4] = [s.sid for s, _ in keys]
+                values[3::4] = counts.values()
+                insert_flat(db, _UPSERT_COUNTS[0], 4, values, _UPSERT_COUNTS[1])
+            if gauges:
+                rows = [
+                    (res, start, s.sid, g.value, g.ts, g.msg_id) for (s, start), g in gauges.items()
+                ]
+                insert_rows(db, _UPSERT_GAUGES[0], rows, _UPSERT_GAUGES[1])
         sid = self.series_ids
         insert_rows(
             db,
@@ -269,14 +224,13 @@ class Counts:
             ],
         )
 
-    @staticmethod
-    def _roll_table(db: sqlite3.Connection, kind: str, res: int) -> str:
-        """The (emptied) temporary table of one resolution's rolled-up changes."""
-        name = f"flush_{kind}{res}"
-        columns = "start, series, value" if kind == "c" else "start, series, value, ts, msg_id"
-        db.execute(f"CREATE TEMP TABLE IF NOT EXISTS {name} ({columns})")
-        db.execute(f"DELETE FROM {name}")
-        return name
+    def _name_ids(self, batch: Batch) -> None:
+        """The ids of the series a batch made by hand names (its own objects may not carry
+        them: they were never loaded from the store)."""
+        for name, labels, _, _ in chain(batch.counter_deltas, batch.gauge_candidates):
+            s = batch.series[(name, labels)]
+            if s.sid is None:
+                s.sid = self.series_ids[(name, labels)]
 
     @staticmethod
     def prune(db: sqlite3.Connection, resolution: int, before: int) -> int:

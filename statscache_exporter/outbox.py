@@ -155,18 +155,19 @@ class OutboxWriter:
         self._requeue_keyed(db)
 
     def before_write(
-        self, db: sqlite3.Connection, resolution: int, pruned_before: int | None
+        self,
+        db: sqlite3.Connection,
+        resolution: int,
+        pruned_before: int | None,
+        touched: Sequence[tuple[int, int]],
     ) -> None:
-        """Note the base buckets this flush changes (staged in the flush tables), less those
+        """Note the base buckets this flush changes (``touched``: series id, start), less those
         it would create below the retention line: retention may have pruned them after
         InfluxDB had their full count, and the new, partial count would overwrite it."""
         db.execute("DELETE FROM outbox_touched")
         if resolution != self.resolution:
             return
-        db.execute(
-            "INSERT INTO outbox_touched SELECT series, start FROM flush_counts "
-            "UNION SELECT series, start FROM flush_gauges"
-        )
+        insert_rows(db, "INSERT OR IGNORE INTO outbox_touched (series, start)", touched)
         if pruned_before is None:
             return
         late = db.execute(

@@ -159,6 +159,23 @@ class Output:
                 f"plugin {self._plugin!r}: counter {metric!r} takes a whole number ≥ 0, "
                 f"got {amount!r}"
             )
+        # _emit's work for the usual arities, inline: a call less for each of a message's
+        # ~5 emissions
+        names = decl.labels
+        n = len(names)
+        if n == len(labels) and n < 2:
+            try:
+                values = (labels[names[0]],) if n else ()
+            except KeyError:
+                self._wrong_labels(decl, labels)
+            try:
+                series = self._known.get((decl.name, values))
+            except TypeError:  # an unhashable value: named by _check_values
+                series = None
+            if series is None:
+                self._check_values(decl, values)
+            self._emitted.append((decl, values, amount, series))
+            return
         self._emit(decl, labels, amount)
 
     def set(self, metric: str, value: float, /, **labels: str) -> None:

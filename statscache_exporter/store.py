@@ -20,16 +20,17 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import chain
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from statscache_exporter.aggregate import Batch, GaugeValue, Series, SeriesKey
 from statscache_exporter.counts import SCHEMA as COUNTS_SCHEMA
-from statscache_exporter.counts import TEMP_SCHEMA, Counts, labels_json
+from statscache_exporter.counts import Counts, labels_json
 from statscache_exporter.ledger import SCHEMA as LEDGER_SCHEMA
 from statscache_exporter.ledger import Ledger, LedgerChanges, PluginHistory, SeenIds, Window
 from statscache_exporter.plugin import Metric
@@ -68,10 +69,14 @@ class FlushHook(Protocol):
         """Its tables (and their migrations), when it is attached."""
 
     def before_write(
-        self, db: sqlite3.Connection, resolution: int, pruned_before: int | None
+        self,
+        db: sqlite3.Connection,
+        resolution: int,
+        pruned_before: int | None,
+        touched: Sequence[tuple[int, int]],
     ) -> None:
-        """The flush's base changes are staged (``flush_counts``, ``flush_gauges``), the
-        buckets not yet written; ``pruned_before``: the base resolution's retention line."""
+        """The buckets are not yet written; ``touched``: the (series id, start) of each base
+        bucket the flush changes; ``pruned_before``: the base resolution's retention line."""
 
     def after_write(
         self,
@@ -165,7 +170,7 @@ class Store:
                 )
             db.execute("DROP INDEX IF EXISTS buckets_by_time")
             db.execute("DROP INDEX IF EXISTS seen_by_time")
-            for statement in (COUNTS_SCHEMA + LEDGER_SCHEMA + TEMP_SCHEMA).split(";"):
+            for statement in (COUNTS_SCHEMA + LEDGER_SCHEMA).split(";"):
                 if statement.strip():
                     db.execute(statement)
             if "created" not in _columns(db, "series"):  # schema 1 → 2
@@ -197,11 +202,18 @@ class Store:
         try:
             with self._transaction() as db:
                 new = self.counts.insert_series(db, batch)
-                self.counts.stage(db, batch)
+                levels = batch.levels()
                 base = batch.resolutions[0]
-                for hook in self.hooks:
-                    hook.before_write(db, base, self._pruned_before.get(base))
-                self.counts.write(db, batch)
+                if self.hooks:
+                    counts, gauges = levels[base]
+                    # every series has its id by now (insert_series)
+                    touched = cast(
+                        list[tuple[int, int]],
+                        [(s.sid, start) for s, start in chain(counts, gauges)],
+                    )
+                    for hook in self.hooks:
+                        hook.before_write(db, base, self._pruned_before.get(base), touched)
+                self.counts.write(db, batch, levels)
                 self.ledger.write(db, changes, now)
                 if self.hooks:
                     described = {key: _described(batch.series[key]) for key in new}

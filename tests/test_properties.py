@@ -676,6 +676,30 @@ def check_against_input(dump: dict[str, Any], specs: list[Spec]) -> None:
         labels_of(lab)["category"]: v for (m, lab), v in totals.items() if m == "prop_last_level"
     } == {c: float(s.level) for c, s in newest.items()}
     assert dump["seen"] == sorted(s.id for s in specs)
+    check_buckets_against_input(dump, specs)
+
+
+def check_buckets_against_input(dump: dict[str, Any], specs: list[Spec]) -> None:
+    """Every bucket at every resolution is what the generated messages call for, each added
+    at every resolution here: the messages counter (its buckets count the messages in them)
+    and the level gauge (the level of the newest message in each bucket, per category)."""
+    counted: Counter[tuple[int, int]] = Counter()
+    newest: dict[tuple[str, int, int], Spec] = {}
+    for s in specs:
+        for res in RESOLUTIONS:
+            start = (T0 + s.second) // res * res
+            counted[(res, start)] += 1
+            key = (s.category, res, start)
+            if key not in newest or s.order_key > newest[key].order_key:
+                newest[key] = s
+    messages = {(res, start): v for m, _, res, start, v, _, _ in dump["buckets"] if m == "messages"}
+    assert messages == dict(counted)
+    levels = {
+        (labels_of(lab)["category"], res, start): (v, mid)
+        for m, lab, res, start, v, _, mid in dump["buckets"]
+        if m == "prop_last_level"
+    }
+    assert levels == {key: (float(s.level), s.id) for key, s in newest.items()}
 
 
 def check_buckets_sum_to_totals(dump: dict[str, Any]) -> None:
