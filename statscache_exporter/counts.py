@@ -15,8 +15,8 @@ candidate replaces the bucket's value where it is newer. Rows go in as multi-row
 statements of up to :data:`PARAMETERS_PER_STATEMENT` parameters: binding parameters row by
 row (``executemany``) cost several times what SQLite's own work did; a flush is a few dozen
 statements, new series included, not thousands. (Staging the base changes in a temporary
-table and rolling them up there in SQL cost ~40% more: each base row was written, read back
-and sorted before its upsert; ``bench/pipeline.py``.)
+table and rolling them up there in SQL cost more: each base row was written, read back and
+sorted before its upsert; see ``bench/pipeline.py``'s profile.)
 """
 
 from __future__ import annotations
@@ -215,13 +215,16 @@ class Counts:
         sid = self.series_ids
         insert_rows(
             db,
-            "INSERT OR REPLACE INTO totals (series, value, ts, msg_id)",
+            "INSERT INTO totals (series, value, ts, msg_id)",
             [
                 (sid[key], t.value, t.ts, t.msg_id)
                 if isinstance(t, GaugeValue)
                 else (sid[key], t, None, None)
                 for key, t in batch.totals.items()
             ],
+            # an update in place: REPLACE deletes the row and inserts it again
+            " ON CONFLICT (series) DO UPDATE"
+            " SET value = excluded.value, ts = excluded.ts, msg_id = excluded.msg_id",
         )
 
     def _name_ids(self, batch: Batch) -> None:

@@ -34,6 +34,7 @@ from array import array
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 #: seconds of message time per slot of the in-memory table (ids expire a slot at a time)
 SLOT = 60
@@ -270,13 +271,14 @@ class Ledger:
     # --- writing, inside the flush's transaction -------------------------------------------
 
     def write(self, db: sqlite3.Connection, changes: LedgerChanges, now: float) -> None:
-        from statscache_exporter.counts import insert_rows
+        from statscache_exporter.counts import insert_flat
 
-        insert_rows(
-            db,
-            "INSERT OR IGNORE INTO seen (ts, msg_id, seq, stored_at)",
-            [(int(ts), i, seq, now) for i, (ts, seq) in changes.ids.items()],
-        )
+        ids = changes.ids
+        values: list[Any] = [now] * (4 * len(ids))  # (ts, msg_id, seq, stored_at) a row
+        values[0::4] = [int(ts) for ts, _ in ids.values()]
+        values[1::4] = ids
+        values[2::4] = [seq for _, seq in ids.values()]
+        insert_flat(db, "INSERT OR IGNORE INTO seen (ts, msg_id, seq, stored_at)", 4, values)
         if changes.covered_until is not None:
             self._advance_checkpoint(db, changes.covered_until)
         if changes.plugin_ids or changes.plugin_covered:

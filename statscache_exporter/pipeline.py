@@ -307,8 +307,10 @@ class Pipeline:
     def _normalize(self, raw: Any, source: str) -> Message | None:
         """The message, or None when it is rejected (counted and logged)."""
         try:
-            obj = messages.loads(raw) if isinstance(raw, bytes | str) else raw
-            message = messages.normalize(obj, self._environments, self._use_schemas)
+            if isinstance(raw, bytes | str):
+                message = messages.read(raw, self._environments, self._use_schemas)
+            else:
+                message = messages.normalize(raw, self._environments, self._use_schemas)
             if message.epoch > self.clock() + self._max_skew:
                 raise Rejected(
                     "future_timestamp",

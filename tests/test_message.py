@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pika
 import pytest
 from fedora_messaging import message as fm_message
@@ -30,6 +31,7 @@ from statscache_exporter.message import (
     category_of,
     loads,
     normalize,
+    read,
 )
 
 DATA = Path(__file__).parent / "data"
@@ -983,3 +985,55 @@ def test_normalize_does_not_mutate_input() -> None:
         before = copy.deepcopy(obj)
         normalize(obj)
         assert obj == before
+
+
+# --- read: the line's message, with the body decoded when it is first read ------------------
+
+
+def corpus_lines() -> list[str]:
+    """Every real message of tests/data as one JSON line, as a replay file holds it."""
+    lines = [
+        json.dumps(record["envelope"] if "envelope" in record else record["message"])
+        for name in ("fedmsg_envelopes.jsonl", "fedora_messaging.jsonl", "datagrepper_sample.jsonl")
+        for record in map(json.loads, (DATA / name).read_text().splitlines())
+    ]
+    page = json.loads((DATA / "datagrepper_raw_page_2017.json").read_text())
+    return lines + [json.dumps(item) for item in page["raw_messages"]]
+
+
+def answer(data: bytes | str, reader: Any) -> Message | tuple[str, str]:
+    try:
+        message: Message = reader(data)
+    except Rejected as exc:
+        return (exc.reason, exc.detail)
+    return message
+
+
+def test_read_gives_what_loads_then_normalize_give_on_the_whole_corpus() -> None:
+    lines = corpus_lines()
+    assert len(lines) > 900
+    messages = lazy = 0
+    for line in lines:
+        for data in (line, line.encode("utf-8")):
+            got = answer(data, lambda d: read(d, ENVIRONMENTS))
+            lazy += isinstance(got, Message) and isinstance(got._body, msgspec.Raw)
+            assert got == answer(data, lambda d: normalize(loads(d), ENVIRONMENTS)), line[:200]
+            messages += isinstance(got, Message)
+    assert messages > 1000 and lazy > 500  # most are messages, many read without their body
+
+
+def test_read_leaves_an_envelopes_body_undecoded_until_it_is_read() -> None:
+    line = json.dumps(
+        {"topic": "org.fedoraproject.prod.x.y", "msg": {"a": [1]}, "timestamp": 5, "msg_id": "i"}
+    )
+    message = read(line, ENVIRONMENTS)
+    assert isinstance(message._body, msgspec.Raw)  # not decoded by reading the line
+    assert message.body == {"a": [1]}
+    assert isinstance(message._body, dict)  # decoded once, then kept
+    assert message.body is message.body
+
+
+def test_read_of_a_body_msgspec_refuses_decodes_it_as_json_does() -> None:
+    line = '{"topic": "a.b", "msg": {"big": 1e400}, "timestamp": 5, "msg_id": "x"}'
+    message = read(line, ENVIRONMENTS)
+    assert message.body == {"big": math.inf} == normalize(loads(line), ENVIRONMENTS).body

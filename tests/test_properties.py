@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 from conftest import bundled, make_config
 from fedora_messaging import message as fm_message
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from statscache_exporter import schemas
@@ -41,6 +41,7 @@ from statscache_exporter.message import (
     Rejected,
     loads,
     normalize,
+    read,
 )
 from statscache_exporter.pipeline import Pipeline, open_pipeline
 from statscache_exporter.plugin import Counter as CounterMetric
@@ -209,6 +210,75 @@ def assert_clean(message: Message) -> None:
         assert values == clean_names(values), values
     assert message.agent is None or (message.agent and not has_surrogate(message.agent))
     assert not has_surrogate(message.topic) and not has_surrogate(message.id)
+
+
+# --- read: normalize(loads(text)), with the body decoded when it is first read ---------------
+
+
+def answer(run: Callable[[], Message]) -> str:
+    """A message or a rejection, as text to compare (repr: NaN in a body equals itself)."""
+    try:
+        return repr(run())
+    except Rejected as exc:
+        return f"Rejected({exc.reason!r}, {exc.detail!r})"
+
+
+def envelope_texts() -> st.SearchStrategy[str]:
+    """JSON texts of the four shapes, their fields good or broken, and of any other value."""
+    field = st.one_of(json_values, bodies, st.sampled_from([None, "", 0, 1.5, True, [], {}]))
+    headers = st.builds(
+        lambda when, users, schema: (
+            {"sent-at": when.isoformat()}
+            | {USER_FLAG + u: True for u in users if isinstance(u, str)}
+            | ({schemas.SCHEMA_HEADER: schema} if schema else {})
+        ),
+        sent_at_times,
+        name_lists,
+        st.sampled_from([None, "base.message", "bodhi.update.comment.v1", "no.such.schema"]),
+    )
+    shaped = st.fixed_dictionaries(
+        {},
+        optional={
+            "topic": topics.map(lambda t: t[0]),
+            "msg": body_values.map(lambda b: b[0]),
+            "body": body_values.map(lambda b: b[0]),
+            "timestamp": fedmsg_timestamps.map(lambda t: t[0]),
+            "msg_id": ids.map(lambda i: i[0]),
+            "id": ids.map(lambda i: i[0]),
+            "headers": field | headers,
+            "users": name_lists | field,
+            "packages": name_lists | field,
+            "agent_name": names | field,
+            "i": st.integers(),
+        },
+    )
+    good_id = st.text(min_size=1, max_size=12)
+    fedmsg = st.fixed_dictionaries(
+        {"topic": good_topics, "msg": bodies, "timestamp": epoch_seconds, "msg_id": good_id},
+        optional={"headers": headers, "users": name_lists, "packages": name_lists},
+    )
+    raw = st.fixed_dictionaries(
+        {"topic": good_topics, "msg": bodies, "timestamp": epoch_seconds, "msg_id": good_id},
+        optional={"users": name_lists, "packages": name_lists, "agent_name": names | field},
+    )
+    v2 = st.fixed_dictionaries(
+        {"id": good_id, "topic": good_topics, "body": bodies, "headers": headers},
+        optional={"queue": field, "priority": field},
+    )
+    keys = st.sampled_from(("topic", "msg", "body", "timestamp", "msg_id", "id", "headers"))
+    anything = shaped | json_values | st.dictionaries(keys, field)
+    return (fedmsg | raw | v2 | anything).map(lambda obj: json.dumps(obj, ensure_ascii=False))
+
+
+@settings(QUICK, max_examples=400)
+@given(envelope_texts(), st.booleans())
+@example('{"topic": "a.prod.b.c", "msg": {"n": "\udce9"}, "timestamp": 1, "msg_id": "i"}', True)
+@example('{"id": "i", "topic": "t", "body": {"n": "\ud800"}, "headers": {}}', True)
+def test_read_answers_what_loads_then_normalize_answer(text: str, as_bytes: bool) -> None:
+    data: bytes | str = text.encode("utf-8", "surrogatepass") if as_bytes else text
+    assert answer(lambda: read(data, ENVIRONMENTS)) == answer(
+        lambda: normalize(loads(data), ENVIRONMENTS)
+    )
 
 
 # --- every normalizer: only documented rejections ------------------------------------------
@@ -676,6 +746,7 @@ def check_against_input(dump: dict[str, Any], specs: list[Spec]) -> None:
         labels_of(lab)["category"]: v for (m, lab), v in totals.items() if m == "prop_last_level"
     } == {c: float(s.level) for c, s in newest.items()}
     assert dump["seen"] == sorted(s.id for s in specs)
+    assert dump["dangling"] == []  # no bucket or total of a series the store does not have
     check_buckets_against_input(dump, specs)
 
 

@@ -54,7 +54,9 @@ def test_a_schema_7_store_is_migrated_in_place_with_everything_it_held(tmp_path:
     db.close()
     p = open_it(path)
     try:
-        assert as_lists(p.store.dump()) == recorded["dump"]
+        dump = as_lists(p.store.dump())
+        assert dump.pop("dangling") == []
+        assert dump == recorded["dump"]
         version = p.store.db.execute("SELECT value FROM meta WHERE key='schema_version'")
         assert version.fetchone() == (str(SCHEMA_VERSION),)
         assert p.store.covered_until() is not None
