@@ -238,6 +238,8 @@ class _Envelope(msgspec.Struct):
 
 _decode_envelope = msgspec.json.Decoder(_Envelope).decode
 _UNSET = msgspec.UNSET
+#: the first byte of a raw JSON object (msgspec keeps a value from its first byte)
+_OPEN_BRACE = ord("{")
 
 
 def read(
@@ -264,7 +266,7 @@ def read(
     msg = env.msg
     if msg is _UNSET or env.body is not _UNSET:
         return _read_v2(data, env, environments, use_schemas)
-    if env.msg_id is _UNSET or env.msg_id is None or not _is_object(msg):
+    if env.msg_id is _UNSET or env.msg_id is None or memoryview(msg)[0] != _OPEN_BRACE:
         return normalize(loads(data), environments, use_schemas)
     if env.users is not _UNSET or env.packages is not _UNSET or env.agent_name is not _UNSET:
         carried: _Carried | None = _Carried(
@@ -287,18 +289,13 @@ def _read_v2(
 ) -> Message:
     """:func:`read` of a datagrepper /v2 item (a fedora-messaging message's JSON)."""
     body = env.body
-    if body is _UNSET or env.id is _UNSET or env.id is None or not _is_object(body):
+    if body is _UNSET or env.id is _UNSET or env.id is None or memoryview(body)[0] != _OPEN_BRACE:
         return normalize(loads(data), environments, use_schemas)
     topic = _topic(None if env.topic is _UNSET else env.topic)
     headers = _headers(env.headers)
     when = _iso_timestamp(headers.get("sent-at"), "headers.sent-at")
     msg_id = _message_id(env.id, "id", topic, when, {})
     return _build(msg_id, topic, when, when.timestamp(), body, headers, environments, use_schemas)
-
-
-def _is_object(raw: msgspec.Raw) -> bool:
-    """Whether raw JSON (as msgspec keeps it: from its first byte) is an object."""
-    return memoryview(raw)[0] == 0x7B  # {
 
 
 def _decode_object(raw: msgspec.Raw) -> dict[str, Any]:

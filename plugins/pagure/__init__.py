@@ -118,10 +118,10 @@ class PagureContributions(Plugin):
 
     def process(self, message: Message, out: Output) -> None:
         opts: Options = self.options
-        body = message.body
         distgit = opts.distgit_push_topics.get(message.topic)
         kind: str | None
         if distgit is not None:
+            body = message.body
             forge, kind = distgit, "push"
             project = distgit_project(body)
             user = name_of(mapping(body.get("commit")).get("username"))
@@ -132,7 +132,8 @@ class PagureContributions(Plugin):
             forge, event = found
             kind = kind_of(event)
             if kind is None or event in opts.not_counted:
-                return
+                return  # before the body is read: most of its topics are not counted
+            body = message.body
             project = project_of(event, body)
             user = name_of(body.get("agent")) or message.agent
         out.inc("pagure_contributions", forge=forge, kind=kind)
