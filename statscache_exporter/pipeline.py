@@ -5,8 +5,8 @@
     sources/ (replay, amqp + schema_check, zmq, hub, poll), backfill.py, cli.py replay
          │ raw: bytes, str, a JSON value, a fedora-messaging Message
          ▼        (history.py: an import's rows, most as Messages straight to process())
-    message.py    decode (msgspec, else json.loads), normalize the four shapes
-         │ Message                                 ── Rejected ──▶ counted by reason
+    message.py    decode (msgspec, else json.loads), normalize the four shapes; a line's
+         │ Message  body left as JSON until read   ── Rejected ──▶ counted by reason
          ▼
     pipeline.py   dedup by id in the window (ledger.SeenIds, in memory)
          │                                         ── duplicate ──▶ counted per source
@@ -17,11 +17,13 @@
     plugin.py     each plugin, isolated: out.inc / out.set
          │ emissions
          ▼
-    aggregate.py  the base interval only, by message time: deltas, newest gauges, totals
+    aggregate.py  the base interval and the first roll-up, by message time: deltas, newest
+                  gauges; totals
          │ Batch: every store.flush_interval, store.max_batch messages, or the daemon's
          ▼ ack_window (half a fedora-messaging prefetch)
     store.py      ONE SQLite transaction (WAL):
-                  counts.py  series, base deltas staged, 1 m/1 h/1 d derived in SQL, totals
+                  counts.py  series, each resolution's rows upserted (1 h/1 d rolled up from
+                             1 m by Batch.levels), totals
                   ledger.py  message ids, checkpoint covered_until, plugin histories,
                              resume points
                   hooks      outbox.py: the InfluxDB sink's lines (OutboxWriter)
