@@ -31,8 +31,10 @@ from typing import Any
 from statscache_exporter.aggregate import Batch, GaugeValue, Level, Series, SeriesKey
 from statscache_exporter.plugin import Metric
 
-#: parameters per multi-row INSERT (SQLite allows 32,766 a statement since 3.32)
-PARAMETERS_PER_STATEMENT = 30_000
+#: parameters per multi-row INSERT (SQLite allows 32,766). sqlite3 keeps each prepared
+#: statement, ~90 bytes a parameter: at 30,000 a statement the cache held ~25 MB more at 10k
+#: series (bench/memory.py), and the rows went in no faster than in statements of 4,000
+PARAMETERS_PER_STATEMENT = 4_000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (

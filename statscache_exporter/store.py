@@ -43,8 +43,10 @@ SCHEMA_VERSION = 8
 
 #: SQLite's page cache for the pipeline's connection, in KiB. A flush touches the right-hand
 #: end of buckets and seen (a few hundred pages), the totals of its series and the series
-#: table; 32 MiB holds those for ~100k series, and bounds what the cache adds to the RSS.
-CACHE_KIB = 32 * 1024
+#: table. 8 MiB: 32 MiB added ~22 MB to the exporter's peak at 100k series (bench/memory.py)
+#: for no difference bench/pipeline.py could tell at 1M messages (ratio 0.199-0.212 against
+#: 0.202-0.208); what the cache misses, the OS's page cache serves.
+CACHE_KIB = 8 * 1024
 
 
 class StoreError(Exception):
