@@ -150,11 +150,6 @@ class Batch:
                 gauges[key] = g
         return counts, gauges
 
-    def by_name(self) -> tuple[dict[BucketKey, int], dict[BucketKey, GaugeValue]]:
-        """The base-interval changes, all keyed by (metric, labels, resolution, start)."""
-        base = self.resolutions[0]
-        return _by_name({base: self.levels()[base]})
-
     def at_every_resolution(
         self,
     ) -> tuple[dict[BucketKey, int], dict[BucketKey, GaugeValue]]:

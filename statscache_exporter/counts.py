@@ -176,7 +176,8 @@ class Counts:
     # --- writing, inside the flush's transaction -------------------------------------------
 
     def insert_series(self, db: sqlite3.Connection, batch: Batch) -> list[SeriesKey]:
-        """Give the batch's new series their ids; the keys of those that were new."""
+        """Give the batch's new series their ids (and its series objects made by hand the ids
+        of theirs); the keys of those that were new."""
         new = [key for key in batch.series if key not in self.series_ids]
         by_text: dict[tuple[str, str], SeriesKey] = {}  # (metric, labels JSON) -> key
         rows = []
@@ -189,6 +190,7 @@ class Counts:
         for sid, metric, labels in insert_rows(db, _INSERT_SERIES, rows, _SERIES_CONFLICT):
             key = by_text[(metric, labels)]
             self.series_ids[key] = batch.series[key].sid = int(sid)
+        self._name_ids(batch)
         return new
 
     def forget(self, batch: Batch, keys: Sequence[SeriesKey]) -> None:
@@ -200,7 +202,6 @@ class Counts:
     def write(self, db: sqlite3.Connection, batch: Batch, levels: Mapping[int, Level]) -> None:
         """Every resolution's changes (``batch.levels()``) into ``buckets``, and the touched
         totals."""
-        self._name_ids(batch)
         for res, (counts, gauges) in levels.items():
             if counts:
                 keys = list(counts)

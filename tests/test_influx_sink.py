@@ -150,6 +150,24 @@ def test_the_flush_queues_each_point_with_its_line(tmp_path: Path) -> None:
     store.close()
 
 
+def test_a_batch_made_by_hand_with_new_objects_for_known_series_is_written(
+    tmp_path: Path,
+) -> None:
+    """Series objects the store never gave an id to (a batch built by hand each time) get the
+    ids of their series before anything is written: the outbox and the buckets."""
+    count = Counter("c", "c", ("user",))
+    path = tmp_path / "s.sqlite"
+    store = Store(path)
+    attach_outbox(store, LineKeys("x_", {}), 5000)
+    for n in (2, 3):
+        batch = Batch(series={("c", ("u",)): Series("p", count, ("u",), 0.0)})
+        batch.counter_deltas = {("c", ("u",), 1, T0): n}
+        store.commit(batch, counted(f"m{n}"))
+    assert pending(path) == [f"x_c,user=u count=2i {T0}", f"x_c,user=u count=5i {T0}"]
+    assert store.dump()["buckets"] == [("c", '{"user":"u"}', 1, T0, 5, None, None)]
+    store.close()
+
+
 def test_a_flush_is_cut_into_parts_of_batch_size_lines_in_time_order(tmp_path: Path) -> None:
     count = Counter("c", "c", ("user",))
     users = [f"u{i}" for i in range(5)]
