@@ -202,7 +202,7 @@ _UNKNOWN = object()
 _decode = msgspec.json.Decoder().decode
 
 
-def loads(data: bytes | str) -> Any:
+def loads(data: bytes | str | msgspec.Raw) -> Any:
     """Parse JSON, turning every failure (including bad UTF-8) into a ``not_json`` rejection.
 
     msgspec reads it first; what msgspec refuses and json accepts (``NaN``, ``1e400``, lone
@@ -213,8 +213,8 @@ def loads(data: bytes | str) -> Any:
     except (msgspec.DecodeError, RecursionError, UnicodeEncodeError):
         pass  # json decides, and names the failure (a str holding a lone surrogate: json reads it)
     try:
-        if isinstance(data, bytes):
-            data = data.decode("utf-8")
+        if not isinstance(data, str):
+            data = bytes(data).decode("utf-8")
         return json.loads(data)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise Rejected("not_json", str(exc)[:200]) from None
@@ -255,13 +255,7 @@ def read(
         if data.__class__ is bytes and not data.isascii():
             data.decode("utf-8")  # msgspec skips the body without checking its UTF-8
         env = _decode_envelope(data)
-    except (
-        msgspec.DecodeError,
-        msgspec.ValidationError,
-        RecursionError,
-        UnicodeEncodeError,
-        UnicodeDecodeError,
-    ):
+    except (msgspec.DecodeError, RecursionError, UnicodeEncodeError, UnicodeDecodeError):
         return normalize(loads(data), environments, use_schemas)
     msg = env.msg
     if msg is _UNSET or env.body is not _UNSET:
@@ -300,10 +294,7 @@ def _read_v2(
 
 def _decode_object(raw: msgspec.Raw) -> dict[str, Any]:
     """A body :func:`read` left as JSON text, decoded as :func:`loads` would have."""
-    try:
-        value = _decode(raw)
-    except (msgspec.DecodeError, RecursionError):  # 1e400 and the like: json decides
-        value = json.loads(bytes(raw))
+    value = loads(raw)
     assert isinstance(value, dict)
     return value
 

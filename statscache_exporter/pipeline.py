@@ -336,15 +336,10 @@ class Pipeline:
             self.stats.duplicates[source] += 1
             return "duplicate"
         self._seq = seq + 1
-        ids = self._changes.ids
-        ids[msg_id] = (ts, seq)
+        self._changes.ids[msg_id] = (ts, seq)
         self._run(self._route(message.topic), message)
         self.stats.processed[source] += 1
-        if (
-            len(ids) + self._plugin_pending >= self._max_batch
-            or self.clock() - self._last_flush >= self._flush_every
-        ):
-            self.flush()
+        self._flush_if_due()
         return "processed"
 
     def _run(self, runners: Iterable[_Runner], message: Message) -> None:
