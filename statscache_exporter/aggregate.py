@@ -8,8 +8,9 @@ never overwrites a newer state. Integer addition and that max are both commutati
 messages in any order give the same buckets and totals.
 
 Between flushes the aggregator holds only the *changes* since the last flush: a counter's
-delta per (series, bucket), a gauge's newest candidate per (series, bucket), at the base
-interval and at the first roll-up (1 m by default). That is all the hot path does per
+delta per (series, bucket), a gauge's newest candidate per (series, bucket) (a bucket named
+by one int, :data:`BucketId`), at the base interval and at the first roll-up (1 m by
+default). That is all the hot path does per
 emission: two dictionary updates, the second in place of a per-series sum (a series' change
 in all is the sum of its roll-up deltas, or their newest candidate). The coarser resolutions
 are derived once per flush from the next finer one (:meth:`Batch.levels`: each a sum of
@@ -37,6 +38,29 @@ SeriesKey = tuple[str, tuple[str, ...]]
 #: (metric name, label values, resolution in seconds, bucket start in epoch seconds)
 BucketKey = tuple[str, tuple[str, ...], int, int]
 
+#: a bucket's key in the aggregator and in a batch's levels: its start times SLOTS plus its
+#: series' slot (the series' place in the aggregator's :attr:`Aggregator.slots`). An int is
+#: no object the cycle collector traverses: with (series, start) tuples, the young and middle
+#: generations' collections went through every key held since the last flush, ~4 µs of a
+#: message's ~50 (bench/pipeline.py), and tuples of two ints still cost ~2.
+BucketId = int
+#: more than the slots an aggregator gives out, and odd, about 2^28 over the golden ratio: a
+#: key's low bits, which pick its place in a dict, mix its start and slot (with a power of two
+#: every series of one second would start probing at the same place); and small enough that
+#: keys of starts up to 2106 fit in 60 bits, two of CPython's int digits
+SLOTS = 0x9E3779B
+
+
+def bucket_key(slot: int, start: int) -> BucketId:
+    """The key of the bucket of the series in ``slot`` starting at ``start``."""
+    return start * SLOTS + slot
+
+
+def split_key(key: BucketId) -> tuple[int, int]:
+    """(slot, start) of a bucket key."""
+    start, slot = divmod(key, SLOTS)
+    return slot, start
+
 
 @dataclass(frozen=True, slots=True, order=True)
 class GaugeValue:
@@ -51,7 +75,8 @@ class GaugeValue:
 @dataclass(slots=True, eq=False)
 class Series:
     """What the store and the sinks need to know of a series besides its values. One object
-    per series (hashed by identity): the hot path keys its buckets by it."""
+    per series: the aggregator gives it a slot, the first half of its buckets' keys
+    (:data:`BucketId`)."""
 
     plugin: str
     metric: Metric
@@ -60,6 +85,9 @@ class Series:
     key: SeriesKey = field(init=False)
     #: its id in the store, once it has one
     sid: int | None = field(init=False)
+    #: its place in its aggregator's slots, once it has one (unset before: a bucket key of a
+    #: series no aggregator holds is an AttributeError, not a wrong key)
+    slot: int = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.key = (self.metric.name, self.labels)
@@ -69,9 +97,9 @@ class Series:
         return dict(zip(self.metric.labels, self.labels, strict=True))
 
 
-#: a flush's changes at one resolution: (series, bucket start) → counter delta, and → the
-#: newest gauge candidate
-Level = tuple[dict[tuple[Series, int], int], dict[tuple[Series, int], GaugeValue]]
+#: a flush's changes at one resolution: bucket key (series slot, start) → counter delta, and
+#: → the newest gauge candidate
+Level = tuple[dict[BucketId, int], dict[BucketId, GaugeValue]]
 
 
 @dataclass(slots=True)
@@ -80,11 +108,11 @@ class Batch:
     ``resolutions``) and at the first roll-up (the second, if any), from which
     :meth:`levels` derives the others; and the touched totals in full.
 
-    The aggregator's changes are keyed by (series object, bucket start) (``keyed_*`` at the
-    base interval, ``rolled_*`` at the first roll-up): building a (metric, labels, resolution,
-    start) key for each would cost the flush more than its SQL. ``counter_deltas`` /
-    ``gauge_candidates`` hold base-interval changes keyed by name (a batch made by hand);
-    :meth:`levels` rolls them up too."""
+    The aggregator's changes are keyed by bucket key (``keyed_*`` at the base interval,
+    ``rolled_*`` at the first roll-up), whose series are in ``slots`` (by slot):
+    building a (metric, labels, resolution, start) key for each would cost the flush more
+    than its SQL. ``counter_deltas`` / ``gauge_candidates`` hold base-interval changes keyed
+    by name (a batch made by hand); :meth:`levels` rolls them up too."""
 
     counter_deltas: dict[BucketKey, int] = field(default_factory=dict)
     gauge_candidates: dict[BucketKey, GaugeValue] = field(default_factory=dict)
@@ -92,11 +120,13 @@ class Batch:
     series: dict[SeriesKey, Series] = field(default_factory=dict)
     #: the base interval, then the roll-ups, in seconds
     resolutions: tuple[int, ...] = (1,)
-    keyed_counts: dict[tuple[Series, int], int] = field(default_factory=dict)
-    keyed_gauges: dict[tuple[Series, int], GaugeValue] = field(default_factory=dict)
+    keyed_counts: dict[BucketId, int] = field(default_factory=dict)
+    keyed_gauges: dict[BucketId, GaugeValue] = field(default_factory=dict)
     #: ``keyed_counts``/``keyed_gauges`` rolled up to ``resolutions[1]`` (empty without one)
-    rolled_counts: dict[tuple[Series, int], int] = field(default_factory=dict)
-    rolled_gauges: dict[tuple[Series, int], GaugeValue] = field(default_factory=dict)
+    rolled_counts: dict[BucketId, int] = field(default_factory=dict)
+    rolled_gauges: dict[BucketId, GaugeValue] = field(default_factory=dict)
+    #: the series of the bucket keys, by slot (the aggregator's own list, which only grows)
+    slots: list[Series] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(
@@ -120,7 +150,8 @@ class Batch:
     def levels(self) -> dict[int, Level]:
         """The changes at every resolution, finest first: the aggregator's base and first
         roll-up as they are, each coarser one rolled up from the coarsest finer one that tiles
-        it (:func:`roll_sources`), and the changes keyed by name rolled up alongside."""
+        it (:func:`roll_sources`), and the changes keyed by name rolled up alongside (their
+        series given slots of this batch's own, after the aggregator's)."""
         base = self.resolutions[0]
         sources = roll_sources(self.resolutions)
         keyed: dict[int, Level] = {base: (self.keyed_counts, self.keyed_gauges)}
@@ -137,24 +168,40 @@ class Batch:
         return {res: _joined(keyed[res], named[res]) for res in self.resolutions}
 
     def _named(self) -> Level:
-        """The changes keyed by name, keyed by series object (``series`` has each)."""
-        counts: dict[tuple[Series, int], int] = {}
+        """The changes keyed by name, keyed by bucket key (``series`` has each series; one
+        not in ``slots`` is added to a copy of them, the batch's own from then on)."""
+        slots = list(self.slots)
+        slot_of: dict[SeriesKey, int] = {}
+
+        def key_of(name: str, labels: tuple[str, ...], start: int) -> BucketId:
+            slot = slot_of.get((name, labels))
+            if slot is None:
+                s = self.series[(name, labels)]
+                slot = getattr(s, "slot", None)
+                if slot is None or slot >= len(slots) or slots[slot] is not s:
+                    slot = len(slots)
+                    slots.append(s)
+                slot_of[(name, labels)] = slot
+            return bucket_key(slot, start)
+
+        counts: dict[BucketId, int] = {}
         for (name, labels, _, start), n in self.counter_deltas.items():
-            key = (self.series[(name, labels)], start)
+            key = key_of(name, labels, start)
             counts[key] = counts.get(key, 0) + n
-        gauges: dict[tuple[Series, int], GaugeValue] = {}
+        gauges: dict[BucketId, GaugeValue] = {}
         for (name, labels, _, start), g in self.gauge_candidates.items():
-            key = (self.series[(name, labels)], start)
+            key = key_of(name, labels, start)
             current = gauges.get(key)
             if current is None or g > current:
                 gauges[key] = g
+        self.slots = slots
         return counts, gauges
 
     def at_every_resolution(
         self,
     ) -> tuple[dict[BucketKey, int], dict[BucketKey, GaugeValue]]:
         """The changes at every resolution (what the store writes), keyed by name."""
-        return _by_name(self.levels())
+        return _by_name(self.levels(), self.slots)
 
 
 def roll_sources(resolutions: Sequence[int]) -> dict[int, int]:
@@ -169,14 +216,14 @@ def roll_sources(resolutions: Sequence[int]) -> dict[int, int]:
 
 def _rolled(level: Level, res: int) -> Level:
     """A level's changes rolled up into buckets of ``res`` seconds (a multiple of its own)."""
-    counts: dict[tuple[Series, int], int] = {}
+    counts: dict[BucketId, int] = {}
     get = counts.get
-    for (s, start), n in level[0].items():
-        key = (s, start - start % res)
+    for key, n in level[0].items():
+        key -= key // SLOTS % res * SLOTS
         counts[key] = get(key, 0) + n
-    gauges: dict[tuple[Series, int], GaugeValue] = {}
-    for (s, start), g in level[1].items():
-        key = (s, start - start % res)
+    gauges: dict[BucketId, GaugeValue] = {}
+    for key, g in level[1].items():
+        key -= key // SLOTS % res * SLOTS
         current = gauges.get(key)
         if current is None or g > current:
             gauges[key] = g
@@ -191,14 +238,18 @@ def _joined(mine: Level, theirs: Level) -> Level:
 
 
 def _by_name(
-    levels: Mapping[int, Level],
+    levels: Mapping[int, Level], slots: Sequence[Series]
 ) -> tuple[dict[BucketKey, int], dict[BucketKey, GaugeValue]]:
     deltas: dict[BucketKey, int] = {}
     candidates: dict[BucketKey, GaugeValue] = {}
     for res, (counts, gauges) in levels.items():
-        for (s, start), n in counts.items():
+        for key, n in counts.items():
+            start, slot = divmod(key, SLOTS)
+            s = slots[slot]
             deltas[(s.metric.name, s.labels, res, start)] = n
-        for (s, start), g in gauges.items():
+        for key, g in gauges.items():
+            start, slot = divmod(key, SLOTS)
+            s = slots[slot]
             candidates[(s.metric.name, s.labels, res, start)] = g
     return deltas, candidates
 
@@ -237,22 +288,25 @@ class Aggregator:
         self._overflow = overflow_value
         #: metric name → the plugin that declares it (names are unique across plugins)
         self.plugin_of: dict[str, str] = {}
+        #: every series, by slot (see :data:`BucketId`)
+        self.slots: list[Series] = []
         #: the first roll-up, kept by the hot path beside the base interval; without one, a
         #: bucket of all time (so its deltas are each series' sum since the last drain)
         self.roll = self.resolutions[1] if len(self.resolutions) > 1 else 1 << 62
-        #: since the last drain: (series, bucket start) → counter delta or newest gauge
-        #: candidate, at the base interval and at ``roll``
-        self._counts: dict[tuple[Series, int], int] = {}
-        self._gauges: dict[tuple[Series, int], GaugeValue] = {}
-        self._rolled_counts: dict[tuple[Series, int], int] = {}
-        self._rolled_gauges: dict[tuple[Series, int], GaugeValue] = {}
+        #: since the last drain: bucket key → counter delta or newest gauge candidate, at
+        #: the base interval and at ``roll``
+        self._counts: dict[BucketId, int] = {}
+        self._gauges: dict[BucketId, GaugeValue] = {}
+        self._rolled_counts: dict[BucketId, int] = {}
+        self._rolled_gauges: dict[BucketId, GaugeValue] = {}
         self._requeued: list[Batch] = []
 
     def restore(
         self, series: Mapping[SeriesKey, Series], totals: Mapping[SeriesKey, int | GaugeValue]
     ) -> None:
         """Start from what the store holds, so counters go on from their stored totals."""
-        self.series.update(series)
+        for key, s in series.items():
+            self.series[key] = self._slotted(s)
         self.totals.update(totals)
         self.series_per_metric = Counter(name for name, _ in self.series)
 
@@ -275,7 +329,7 @@ class Aggregator:
         a delta or a candidate."""
         base = self.base
         start = int(ts // base) * base
-        rstart = start - start % self.roll
+        bstart, rstart = start * SLOTS, (start - start % self.roll) * SLOTS
         series = self.series
         counts, gauges = self._counts, self._gauges
         rolled, rolled_gauges = self._rolled_counts, self._rolled_gauges
@@ -285,7 +339,7 @@ class Aggregator:
                 s = series.get((metric.name, labels))
                 if s is None:
                     s = self._new_series(metric, labels)
-            bkey, rkey = (s, start), (s, rstart)
+            bkey, rkey = bstart + s.slot, rstart + s.slot
             if metric.kind == "counter":
                 count = int(amount)
                 counts[bkey] = counts.get(bkey, 0) + count
@@ -311,8 +365,18 @@ class Aggregator:
             found = self.series.get((name, labels))
             if found is not None:
                 return found
-        s = self.series[(name, labels)] = Series(plugin, metric, labels, self.clock())
+        s = self.series[(name, labels)] = self._slotted(
+            Series(plugin, metric, labels, self.clock())
+        )
         self.series_per_metric[name] += 1
+        return s
+
+    def _slotted(self, s: Series) -> Series:
+        """The series, given the next slot."""
+        s.slot = len(self.slots)
+        if s.slot >= SLOTS:
+            raise OverflowError(f"more than {SLOTS} series in one process")
+        self.slots.append(s)
         return s
 
     def drain(self) -> Batch:
@@ -325,15 +389,19 @@ class Aggregator:
             keyed_gauges=self._gauges,
             rolled_counts=self._rolled_counts if with_roll else {},
             rolled_gauges=self._rolled_gauges if with_roll else {},
+            slots=self.slots,
         )
         touched, totals, changed = batch.series, self.totals, batch.totals
-        for (s, _), n in self._rolled_counts.items():
+        slots = self.slots
+        for bkey, n in self._rolled_counts.items():
+            s = slots[bkey % SLOTS]
             key = s.key
             total = totals.get(key, 0)
             assert isinstance(total, int)
             totals[key] = changed[key] = total + n
             touched[key] = s
-        for (s, _), g in self._rolled_gauges.items():
+        for bkey, g in self._rolled_gauges.items():
+            s = slots[bkey % SLOTS]
             key = s.key
             now = totals.get(key)
             if now is None or (isinstance(now, GaugeValue) and g > now):

@@ -28,7 +28,15 @@ from functools import cache
 from itertools import chain
 from typing import Any
 
-from statscache_exporter.aggregate import Batch, GaugeValue, Level, Series, SeriesKey
+from statscache_exporter.aggregate import (
+    SLOTS,
+    Batch,
+    GaugeValue,
+    Level,
+    Series,
+    SeriesKey,
+    split_key,
+)
 from statscache_exporter.plugin import Metric
 
 #: parameters per multi-row INSERT (SQLite allows 32,766). sqlite3 keeps each prepared
@@ -202,18 +210,20 @@ class Counts:
     def write(self, db: sqlite3.Connection, batch: Batch, levels: Mapping[int, Level]) -> None:
         """Every resolution's changes (``batch.levels()``) into ``buckets``, and the touched
         totals."""
+        slots = batch.slots
         for res, (counts, gauges) in levels.items():
             if counts:
                 keys = list(counts)
                 values: list[Any] = [res] * (4 * len(keys))
-                values[1::4] = [start for _, start in keys]
-                values[2::4] = [s.sid for s, _ in keys]
+                values[1::4] = [key // SLOTS for key in keys]
+                values[2::4] = [slots[key % SLOTS].sid for key in keys]
                 values[3::4] = counts.values()
                 insert_flat(db, _UPSERT_COUNTS[0], 4, values, _UPSERT_COUNTS[1])
             if gauges:
-                rows = [
-                    (res, start, s.sid, g.value, g.ts, g.msg_id) for (s, start), g in gauges.items()
-                ]
+                rows = []
+                for key, g in gauges.items():
+                    slot, start = split_key(key)
+                    rows.append((res, start, slots[slot].sid, g.value, g.ts, g.msg_id))
                 insert_rows(db, _UPSERT_GAUGES[0], rows, _UPSERT_GAUGES[1])
         sid = self.series_ids
         insert_rows(

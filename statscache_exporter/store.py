@@ -28,7 +28,7 @@ from itertools import chain
 from pathlib import Path
 from typing import Any, Protocol, cast
 
-from statscache_exporter.aggregate import Batch, GaugeValue, Series, SeriesKey
+from statscache_exporter.aggregate import Batch, GaugeValue, Series, SeriesKey, split_key
 from statscache_exporter.counts import SCHEMA as COUNTS_SCHEMA
 from statscache_exporter.counts import Counts, labels_json
 from statscache_exporter.ledger import SCHEMA as LEDGER_SCHEMA
@@ -213,10 +213,14 @@ class Store:
                 base = batch.resolutions[0]
                 if self.hooks:
                     counts, gauges = levels[base]
+                    slots = batch.slots
                     # every series has its id by now (insert_series)
                     touched = cast(
                         list[tuple[int, int]],
-                        [(s.sid, start) for s, start in chain(counts, gauges)],
+                        [
+                            (slots[slot].sid, start)
+                            for slot, start in map(split_key, chain(counts, gauges))
+                        ],
                     )
                     for hook in self.hooks:
                         hook.before_write(db, base, self._pruned_before.get(base), touched)

@@ -576,6 +576,47 @@ def test_aggregator_in_any_order_and_any_drains_gives_the_same_buckets_and_total
             assert in_order["totals"][("prop_count", (label,))] == sum(e[3] for e in mine)
 
 
+def test_bucket_keys_hold_any_time_a_message_can_carry_and_many_series() -> None:
+    """The aggregator's bucket keys (start and series slot in one int, see aggregate.py) at
+    the edges: a time before 1970 (a negative start, rolled up to the bucket before 0, not
+    after it), one past 2106 (beyond the 60 bits of the keys of today), year 9999, and 3,000
+    series in one second (each its own bucket, none taken for another)."""
+    agg = Aggregator(RESOLUTIONS, clock=lambda: 0.0)
+    agg.add("p", COUNT, ("past",), 1, -0.5, "m1")  # 1969-12-31T23:59:59.5
+    agg.add("p", LEVEL, ("past",), 4, -90_000.25, "m2")  # 1969-12-30T22:59:59.75
+    agg.add("p", COUNT, ("future",), 2, 7_258_118_400.0, "m3")  # 2200-01-01
+    agg.add("p", COUNT, ("last",), 3, 253_402_300_799.0, "m4")  # 9999-12-31T23:59:59
+    for i in range(3_000):
+        agg.add("p", COUNT, (f"u{i}",), 1, 60.0, f"n{i}")
+    deltas, candidates = agg.drain().at_every_resolution()
+    assert {k: v for k, v in deltas.items() if not k[1][0].startswith("u")} == {
+        ("prop_count", ("past",), 1, -1): 1,
+        ("prop_count", ("past",), 60, -60): 1,
+        ("prop_count", ("past",), 3600, -3600): 1,
+        ("prop_count", ("past",), 86400, -86400): 1,
+        ("prop_count", ("future",), 1, 7_258_118_400): 2,
+        ("prop_count", ("future",), 60, 7_258_118_400): 2,
+        ("prop_count", ("future",), 3600, 7_258_118_400): 2,
+        ("prop_count", ("future",), 86400, 7_258_118_400): 2,
+        ("prop_count", ("last",), 1, 253_402_300_799): 3,
+        ("prop_count", ("last",), 60, 253_402_300_740): 3,
+        ("prop_count", ("last",), 3600, 253_402_297_200): 3,
+        ("prop_count", ("last",), 86400, 253_402_214_400): 3,
+    }
+    assert {k: v.value for k, v in candidates.items()} == {
+        ("prop_level", ("past",), 1, -90_001): 4.0,
+        ("prop_level", ("past",), 60, -90_060): 4.0,
+        ("prop_level", ("past",), 3600, -93_600): 4.0,
+        ("prop_level", ("past",), 86400, -172_800): 4.0,
+    }
+    users = {k: v for k, v in deltas.items() if k[1][0].startswith("u")}
+    assert users == {
+        ("prop_count", (f"u{i}",), res, 60 - 60 % res): 1
+        for i in range(3_000)
+        for res in RESOLUTIONS
+    }
+
+
 def run_keyed(keyed: list[tuple[tuple[str, int, int, int], int]], cuts: set[int]) -> dict[str, Any]:
     agg = Aggregator(RESOLUTIONS, clock=lambda: 0.0)
     counts: Counter[tuple[Any, ...]] = Counter()
