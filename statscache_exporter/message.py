@@ -552,7 +552,13 @@ def _string_list(value: Any) -> tuple[str, ...]:
     """The non-empty strings of a list, sorted and unique (names no UTF-8 can carry dropped)."""
     if not isinstance(value, list | tuple):
         return ()
-    if all(v.__class__ is str and v and v.isascii() for v in value):  # the usual case
+    if len(value) < 2:  # most messages name none or one (no generator for them)
+        if not value:
+            return ()
+        one = value[0]
+        if one.__class__ is str and one and one.isascii():
+            return (one,)
+    elif all(v.__class__ is str and v and v.isascii() for v in value):  # the usual case
         return tuple(sorted(set(value)))
     return tuple(sorted({v for v in value if isinstance(v, str) and v and is_text(v)}))
 
