@@ -75,7 +75,7 @@ class GaugeValue:
 @dataclass(slots=True, eq=False)
 class Series:
     """What the store and the sinks need to know of a series besides its values. One object
-    per series: the aggregator gives it a slot, the first half of its buckets' keys
+    per series: the aggregator gives it a slot, the part of its buckets' keys that names it
     (:data:`BucketId`)."""
 
     plugin: str
@@ -97,8 +97,8 @@ class Series:
         return dict(zip(self.metric.labels, self.labels, strict=True))
 
 
-#: a flush's changes at one resolution: bucket key (series slot, start) → counter delta, and
-#: → the newest gauge candidate
+#: a flush's changes at one resolution: bucket key (:data:`BucketId`) → counter delta, and →
+#: the newest gauge candidate
 Level = tuple[dict[BucketId, int], dict[BucketId, GaugeValue]]
 
 
