@@ -19,9 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 Json = dict[str, Any]
 
@@ -42,9 +42,10 @@ PROMETHEUS_NAME = "statscache Prometheus"
 INFLUXDB_UID = "statscache-influxdb"
 INFLUXDB_NAME = "statscache InfluxDB"
 
-#: Metric names with the exporter's default prefix (prometheus.prefix: statscache_).
-PREFIX = "statscache_"
-SELF = PREFIX + "exporter_"
+#: The exporter's default ``prometheus.prefix`` (statscache_exporter.config.PrometheusConfig),
+#: which starts every Prometheus metric name and InfluxDB measurement name; the committed
+#: dashboards are built with it, another is ``--prefix`` (every builder takes the prefix).
+DEFAULT_PREFIX = "statscache_"
 
 
 # --- queries ------------------------------------------------------------------------------------
@@ -104,19 +105,21 @@ def rate(selector: str) -> str:
 
 
 #: The window of the recording rules in prometheus/rules.yaml (prometheus/generate.py), whose
-#: per-target series ``<level>:<PREFIX><metric>:rate5m`` the busiest panels read.
+#: per-target series ``<level>:<prefix><metric>:rate5m`` the busiest panels read.
 RECORDED_WINDOW = "5m"
 
 
-def recorded_rate(level: str, metric: str, labels: Sequence[str], *matchers: str) -> str:
+def recorded_rate(
+    prefix: str, level: str, metric: str, labels: Sequence[str], *matchers: str
+) -> str:
     """Per target (job, instance) and ``labels``, the per-second rate of the plugin counter
     ``metric``: the recording rule's series (prometheus/rules.yaml) where Prometheus has it,
     else the same rate computed from the counter. So the panel works with or without the
     rules loaded, and per target: one scraped by another job, or a time before the rules
     were loaded, falls back to the counter (``or`` takes the left side's series first)."""
     keep = ", ".join(("job", "instance", *labels))
-    record = f"{level}:{PREFIX}{metric}:rate{RECORDED_WINDOW}"
-    counter = PREFIX + metric + "_total"
+    record = f"{level}:{prefix}{metric}:rate{RECORDED_WINDOW}"
+    counter = prefix + metric + "_total"
     return (
         f"(sum by ({keep}) ({sel(record, *matchers)})"
         f" or sum by ({keep}) ({rate(sel(counter, *matchers))}))"
@@ -454,6 +457,84 @@ def layout(panels: Iterable[Json]) -> list[Json]:
     return placed
 
 
+# --- twin dashboards ----------------------------------------------------------------------------
+
+#: The two datasources of a twin pair of dashboards (Prometheus and InfluxDB).
+Side = Literal["prometheus", "influxdb"]
+
+
+class Query(NamedTuple):
+    """One datasource's half of a :class:`Twin` panel: its targets (:func:`prom` or
+    :func:`influx`) and what else differs per datasource, because the two count differently
+    (processing time against the messages' own time): the description, and where given the
+    title, the unit and the panel helper's other arguments (``options``: ``bars``,
+    ``stacked``, ``value_column``, ``decimals``, ``w``, ...)."""
+
+    targets: Sequence[Json]
+    description: str
+    title: str | None = None
+    unit: str | None = None
+    options: Mapping[str, Any] = {}
+
+
+class Twin(NamedTuple):
+    """One panel of a twin pair of dashboards, declared once for both: the panel helper
+    (``kind``), the title and unit both sides use unless their :class:`Query` says otherwise,
+    the helper's arguments both share (``layout``), and each side's query. A panel on one
+    side only says so with ``None`` for the other (both are required). ``influxdb_before``
+    names the twin (by its title) before which the InfluxDB dashboard places this panel when
+    its grid puts it elsewhere than the Prometheus one does."""
+
+    kind: Callable[..., Json]
+    title: str
+    unit: str
+    prometheus: Query | None
+    influxdb: Query | None
+    layout: Mapping[str, Any] = {}
+    influxdb_before: str | None = None
+
+    def query(self, side: Side) -> Query | None:
+        """This panel's query for ``side``, or None if the panel is on the other side only."""
+        return self.prometheus if side == "prometheus" else self.influxdb
+
+    def panel(self, side: Side) -> Json | None:
+        """The panel of the ``side`` dashboard, or None if it has none."""
+        query = self.query(side)
+        if query is None:
+            return None
+        title = query.title or self.title
+        if self.kind is row:
+            return row(title)
+        unit = query.unit or self.unit
+        return self.kind(
+            title, query.description, unit, query.targets, **self.layout, **query.options
+        )
+
+
+def twin_row(title: str) -> Twin:
+    """A section header on both twins."""
+    return Twin(row, title, "", prometheus=Query([], ""), influxdb=Query([], ""))
+
+
+def twin_order(specs: Sequence[Twin], side: Side) -> list[Twin]:
+    """The specs in the order of the ``side`` dashboard: as declared, but for InfluxDB with
+    each ``influxdb_before`` twin moved before the one it names."""
+    ordered = list(specs)
+    if side == "influxdb":
+        for spec in [s for s in specs if s.influxdb_before is not None]:
+            ordered.remove(spec)
+            at = next(i for i, s in enumerate(ordered) if s.title == spec.influxdb_before)
+            ordered.insert(at, spec)
+    return ordered
+
+
+def twin_panels(specs: Sequence[Twin], side: Side) -> list[Json]:
+    """The panels of the ``side`` dashboard of a twin pair, in its order (see
+    :func:`twin_order`), leaving out the panels of the other side only."""
+    panels = (spec.panel(side) for spec in twin_order(specs, side))
+    return [panel for panel in panels if panel is not None]
+
+
 # --- variables and dashboards -------------------------------------------------------------------
 
 
@@ -605,118 +686,248 @@ BREAKDOWN_NOTES = {
 }
 
 
-def bus_overview_prometheus() -> Json:
-    messages = PREFIX + "messages_total"
-    by_category = PREFIX + "messages_by_category_total"
-    rejected = SELF + "messages_rejected_total"
-    duplicate = SELF + "messages_duplicate_total"
+def bus_overview_panels(prefix: str) -> list[Twin]:
+    """Both overview dashboards' panels, declared once: by processing time in Prometheus, by
+    the messages' own time in InfluxDB's per-second points (for long ranges). The exporter's
+    self-metrics (rate now, rejected, duplicates) are Prometheus only; the busiest second,
+    the average rate and the category count InfluxDB only."""
+    messages = prefix + "messages_total"
+    rejected = prefix + "exporter_messages_rejected_total"
+    duplicate = prefix + "exporter_messages_duplicate_total"
+    measurement = f'"{prefix}messages"'
+    by_category = f'"{prefix}messages_by_category"'
     category = 'category=~"$category"'
+    # 1000.0: InfluxDB 1.6 types integer arithmetic in a subquery as integer (0 for < 1/s)
+    per_second = 'sum("count") * 1000.0 / $__interval_ms'
     panels = [
-        stat(
+        Twin(
+            stat,
             "Messages per second now",
-            "Messages the exporters counted per second, now (rate over $__rate_interval). "
-            "Counted when processed: a replay or a backfill shows as a burst.",
             "mps",
-            [prom(f"sum({recorded_rate('instance', 'messages', ())})", instant=True)],
-            decimals=2,
-        ),
-        stat(
-            "Messages counted in the range",
-            "Messages the exporters counted over the dashboard's time range (by when they "
-            "were processed; the InfluxDB dashboard counts by the messages' own time).",
-            "short",
-            [prom(f"sum({in_range(sel(messages))})", instant=True)],
-        ),
-        stat(
-            "Rejected in the range",
-            "Messages rejected as malformed over the time range (all reasons, all sources). "
-            "The exporter logs each with its reason.",
-            "short",
-            [prom(f"sum(increase({sel(rejected)}[$__range]))", instant=True)],
-            steps=((None, "green"), (1, "orange")),
-        ),
-        stat(
-            "Duplicates in the range",
-            "Messages skipped as already counted (same id) over the time range: redeliveries, "
-            "overlapping replays and backfills.",
-            "short",
-            [prom(f"sum(increase({sel(duplicate)}[$__range]))", instant=True)],
-        ),
-        timeseries(
-            "Messages per second",
-            "Messages counted per second by each exporter instance (rate over "
-            "$__rate_interval), by when they were processed.",
-            "mps",
-            [
-                prom(
-                    f"sum by (instance) ({recorded_rate('instance', 'messages', ())})",
-                    "{{instance}}",
-                )
-            ],
-            w=24,
-        ),
-        timeseries(
-            "Messages per second by category",
-            "Messages per second by category (the topic's fourth part after "
-            "<prefix>.<env>., e.g. bodhi, buildsys, copr), stacked. Filter with the "
-            "Category variable.",
-            "mps",
-            [
-                prom(
-                    "sum by (category) ("
-                    + recorded_rate(
-                        "instance_category", "messages_by_category", ["category"], category
-                    )
-                    + ")",
-                    "{{category}}",
-                )
-            ],
-            w=24,
-            h=10,
-            stacked=True,
-        ),
-    ]
-    for label, metric, what in BREAKDOWNS:
-        counter = sel(PREFIX + metric + "_total")
-        panels.append(
-            table(
-                f"Top $top {what.lower()}",
-                f"{what} with the most messages counted over the time range "
-                f"({BREAKDOWN_NOTES[label]}). A label value first seen within the range "
-                "counts in full.",
-                "short",
+            prometheus=Query(
                 [
                     prom(
-                        f"topk($top, sum by ({label}) {in_range(counter)})",
+                        f"sum({recorded_rate(prefix, 'instance', 'messages', ())})",
                         instant=True,
-                        table=True,
                     )
                 ],
-                value_column="Value",
-                label=label,
-            )
-        )
-    panels += [
-        timeseries(
-            "Rejected messages per second by reason",
-            "Messages rejected as malformed, by reason (not_json, bad_timestamp, no_topic, "
-            "...) and source. Never fatal: each is counted and logged.",
-            "mps",
-            [
-                prom(
-                    f"sum by (reason, source) ({rate(sel(rejected))})",
-                    "{{reason}} ({{source}})",
-                )
-            ],
+                "Messages the exporters counted per second, now (rate over $__rate_interval). "
+                "Counted when processed: a replay or a backfill shows as a burst.",
+                options={"decimals": 2},
+            ),
+            influxdb=None,
         ),
-        timeseries(
-            "Duplicate messages per second by source",
-            "Messages skipped because their id was counted already, by source: a redelivery "
-            "after a crash, an overlapping replay, a backfill meeting live messages.",
+        Twin(
+            stat,
+            "Messages counted in the range",
+            "short",
+            prometheus=Query(
+                [prom(f"sum({in_range(sel(messages))})", instant=True)],
+                "Messages the exporters counted over the dashboard's time range (by when they "
+                "were processed; the InfluxDB dashboard counts by the messages' own time).",
+            ),
+            influxdb=Query(
+                [influx(f'SELECT sum("count") FROM {measurement} WHERE $timeFilter')],
+                "Messages whose own time falls in the dashboard's time range.",
+                title="Messages in the range",
+            ),
+        ),
+        Twin(
+            stat,
+            "Rejected in the range",
+            "short",
+            prometheus=Query(
+                [prom(f"sum(increase({sel(rejected)}[$__range]))", instant=True)],
+                "Messages rejected as malformed over the time range (all reasons, all "
+                "sources). The exporter logs each with its reason.",
+                options={"steps": ((None, "green"), (1, "orange"))},
+            ),
+            influxdb=None,
+        ),
+        Twin(
+            stat,
+            "Duplicates in the range",
+            "short",
+            prometheus=Query(
+                [prom(f"sum(increase({sel(duplicate)}[$__range]))", instant=True)],
+                "Messages skipped as already counted (same id) over the time range: "
+                "redeliveries, overlapping replays and backfills.",
+            ),
+            influxdb=None,
+        ),
+        Twin(
+            stat,
+            "Busiest second",
+            "short",
+            prometheus=None,
+            influxdb=Query(
+                [influx(f'SELECT max("count") FROM {measurement} WHERE $timeFilter')],
+                "The most messages stamped with the same second within the time range.",
+            ),
+        ),
+        Twin(
+            stat,
+            "Average per second",
             "mps",
-            [prom(f"sum by (source) ({rate(sel(duplicate))})", "{{source}}")],
+            prometheus=None,
+            influxdb=Query(
+                [
+                    influx(
+                        f'SELECT mean("rate") FROM (SELECT {per_second} AS "rate" '
+                        f"FROM {measurement} WHERE $timeFilter "
+                        "GROUP BY time($__interval) fill(0))"
+                    )
+                ],
+                "Messages per second over the time range, averaged per $__interval interval "
+                "and then over the range (intervals without messages count as 0).",
+                options={"decimals": 3},
+            ),
+        ),
+        Twin(
+            stat,
+            "Categories",
+            "short",
+            prometheus=None,
+            influxdb=Query(
+                [
+                    influx(
+                        'SELECT count("total") FROM (SELECT sum("count") AS "total" '
+                        f'FROM {by_category} WHERE $timeFilter GROUP BY "category")'
+                    )
+                ],
+                "Categories with at least one message in the time range.",
+            ),
+        ),
+        Twin(
+            timeseries,
+            "Messages per second",
+            "mps",
+            prometheus=Query(
+                [
+                    prom(
+                        f"sum by (instance) ({recorded_rate(prefix, 'instance', 'messages', ())})",
+                        "{{instance}}",
+                    )
+                ],
+                "Messages counted per second by each exporter instance (rate over "
+                "$__rate_interval), by when they were processed.",
+            ),
+            influxdb=Query(
+                [
+                    influx(
+                        f"SELECT {per_second} FROM {measurement} WHERE $timeFilter "
+                        "GROUP BY time($__interval) fill(0)",
+                        alias="messages",
+                    )
+                ],
+                "Messages per second by their own time, averaged over each $__interval interval.",
+            ),
+            layout={"w": 24},
+        ),
+        Twin(
+            timeseries,
+            "Messages per second by category",
+            "mps",
+            prometheus=Query(
+                [
+                    prom(
+                        "sum by (category) ("
+                        + recorded_rate(
+                            prefix,
+                            "instance_category",
+                            "messages_by_category",
+                            ["category"],
+                            category,
+                        )
+                        + ")",
+                        "{{category}}",
+                    )
+                ],
+                "Messages per second by category (the topic's fourth part after "
+                "<prefix>.<env>., e.g. bodhi, buildsys, copr), stacked. Filter with the "
+                "Category variable.",
+            ),
+            influxdb=Query(
+                [
+                    influx(
+                        f"SELECT {per_second} FROM {by_category} "
+                        'WHERE "category" =~ /^$category$/ AND $timeFilter '
+                        'GROUP BY time($__interval), "category" fill(0)',
+                        alias="$tag_category",
+                    )
+                ],
+                "Messages per second by category and their own time, averaged over each "
+                "$__interval interval, stacked. Filter with the Category variable.",
+            ),
+            layout={"w": 24, "h": 10, "stacked": True},
         ),
     ]
+    panels += [breakdown_table(prefix, label, metric, what) for label, metric, what in BREAKDOWNS]
+    panels += [
+        Twin(
+            timeseries,
+            "Rejected messages per second by reason",
+            "mps",
+            prometheus=Query(
+                [
+                    prom(
+                        f"sum by (reason, source) ({rate(sel(rejected))})",
+                        "{{reason}} ({{source}})",
+                    )
+                ],
+                "Messages rejected as malformed, by reason (not_json, bad_timestamp, "
+                "no_topic, ...) and source. Never fatal: each is counted and logged.",
+            ),
+            influxdb=None,
+        ),
+        Twin(
+            timeseries,
+            "Duplicate messages per second by source",
+            "mps",
+            prometheus=Query(
+                [prom(f"sum by (source) ({rate(sel(duplicate))})", "{{source}}")],
+                "Messages skipped because their id was counted already, by source: a "
+                "redelivery after a crash, an overlapping replay, a backfill meeting live "
+                "messages.",
+            ),
+            influxdb=None,
+        ),
+    ]
+    return panels
+
+
+def breakdown_table(prefix: str, label: str, metric: str, what: str) -> Twin:
+    """The top-N table of one label of the overviews (topics, users, packages, agents)."""
+    counter = sel(prefix + metric + "_total")
+    return Twin(
+        table,
+        f"Top $top {what.lower()}",
+        "short",
+        prometheus=Query(
+            [prom(f"topk($top, sum by ({label}) {in_range(counter)})", instant=True, table=True)],
+            f"{what} with the most messages counted over the time range "
+            f"({BREAKDOWN_NOTES[label]}). A label value first seen within the range "
+            "counts in full.",
+            options={"value_column": "Value"},
+        ),
+        influxdb=Query(
+            [
+                influx(
+                    f'SELECT top("total", "{label}", $top) AS "messages" FROM '
+                    f'(SELECT sum("count") AS "total" FROM "{prefix}{metric}" '
+                    f'WHERE $timeFilter GROUP BY "{label}")',
+                    table=True,
+                )
+            ],
+            f"{what} with the most messages in the time range ({BREAKDOWN_NOTES[label]}).",
+            options={"value_column": "messages"},
+        ),
+        layout={"label": label},
+    )
+
+
+def bus_overview_prometheus(prefix: str) -> Json:
+    """The overview's Prometheus twin: rates by processing time, the last hours."""
     return dashboard(
         "statscache-bus-overview",
         "Fedora bus overview",
@@ -729,115 +940,26 @@ def bus_overview_prometheus() -> Json:
                 "prometheus",
                 "instance",
                 "Instance",
-                f"label_values({messages}, instance)",
+                f"label_values({prefix}messages_total, instance)",
             ),
             query_variable(
                 "prometheus",
                 "category",
                 "Category",
-                f'label_values({by_category}{{instance=~"$instance"}}, category)',
+                f'label_values({prefix}messages_by_category_total{{instance=~"$instance"}}, '
+                "category)",
             ),
             TOP,
         ],
-        panels,
+        twin_panels(bus_overview_panels(prefix), "prometheus"),
         time_from="now-6h",
         refresh="1m",
         tags=["fedora", "prometheus"],
     )
 
 
-def bus_overview_influxdb() -> Json:
-    """The same questions over InfluxDB's per-second points, by the messages' own time, for
-    long ranges (the exporter's self-metrics, rejected and duplicates, are Prometheus only)."""
-    # 1000.0: InfluxDB 1.6 types integer arithmetic in a subquery as integer (0 for < 1/s)
-    per_second = 'sum("count") * 1000.0 / $__interval_ms'
-    panels = [
-        stat(
-            "Messages in the range",
-            "Messages whose own time falls in the dashboard's time range.",
-            "short",
-            [influx('SELECT sum("count") FROM "statscache_messages" WHERE $timeFilter')],
-        ),
-        stat(
-            "Busiest second",
-            "The most messages stamped with the same second within the time range.",
-            "short",
-            [influx('SELECT max("count") FROM "statscache_messages" WHERE $timeFilter')],
-        ),
-        stat(
-            "Average per second",
-            "Messages per second over the time range, averaged per $__interval interval "
-            "and then over the range (intervals without messages count as 0).",
-            "mps",
-            [
-                influx(
-                    f'SELECT mean("rate") FROM (SELECT {per_second} AS "rate" '
-                    'FROM "statscache_messages" WHERE $timeFilter '
-                    "GROUP BY time($__interval) fill(0))"
-                )
-            ],
-            decimals=3,
-        ),
-        stat(
-            "Categories",
-            "Categories with at least one message in the time range.",
-            "short",
-            [
-                influx(
-                    'SELECT count("total") FROM (SELECT sum("count") AS "total" '
-                    'FROM "statscache_messages_by_category" WHERE $timeFilter GROUP BY "category")'
-                )
-            ],
-        ),
-        timeseries(
-            "Messages per second",
-            "Messages per second by their own time, averaged over each $__interval interval.",
-            "mps",
-            [
-                influx(
-                    f'SELECT {per_second} FROM "statscache_messages" WHERE $timeFilter '
-                    "GROUP BY time($__interval) fill(0)",
-                    alias="messages",
-                )
-            ],
-            w=24,
-        ),
-        timeseries(
-            "Messages per second by category",
-            "Messages per second by category and their own time, averaged over each "
-            "$__interval interval, stacked. Filter with the Category variable.",
-            "mps",
-            [
-                influx(
-                    f'SELECT {per_second} FROM "statscache_messages_by_category" '
-                    'WHERE "category" =~ /^$category$/ AND $timeFilter '
-                    'GROUP BY time($__interval), "category" fill(0)',
-                    alias="$tag_category",
-                )
-            ],
-            w=24,
-            h=10,
-            stacked=True,
-        ),
-    ]
-    for label, metric, what in BREAKDOWNS:
-        panels.append(
-            table(
-                f"Top $top {what.lower()}",
-                f"{what} with the most messages in the time range ({BREAKDOWN_NOTES[label]}).",
-                "short",
-                [
-                    influx(
-                        f'SELECT top("total", "{label}", $top) AS "messages" FROM '
-                        f'(SELECT sum("count") AS "total" FROM "{PREFIX}{metric}" '
-                        f'WHERE $timeFilter GROUP BY "{label}")',
-                        table=True,
-                    )
-                ],
-                value_column="messages",
-                label=label,
-            )
-        )
+def bus_overview_influxdb(prefix: str) -> Json:
+    """The overview's InfluxDB twin: by the messages' own time, for long ranges."""
     return dashboard(
         "statscache-bus-overview-influxdb",
         "Fedora bus overview (InfluxDB)",
@@ -850,11 +972,11 @@ def bus_overview_influxdb() -> Json:
                 "influxdb",
                 "category",
                 "Category",
-                'SHOW TAG VALUES FROM "statscache_messages_by_category" WITH KEY = "category"',
+                f'SHOW TAG VALUES FROM "{prefix}messages_by_category" WITH KEY = "category"',
             ),
             TOP,
         ],
-        panels,
+        twin_panels(bus_overview_panels(prefix), "influxdb"),
         time_from="now-7d",
         refresh="5m",
         tags=["fedora", "influxdb"],
@@ -872,9 +994,13 @@ UP_DOWN = {
 }
 
 
-def exporter_health() -> Json:
+def exporter_health(prefix: str) -> Json:
+    """The exporter's own metrics (``<prefix>exporter_...``): sources, flushes, the store,
+    plugins, the InfluxDB sink and the gap filler."""
+    own = prefix + "exporter_"
+
     def m(name: str, *matchers: str) -> str:
-        return sel(SELF + name, *matchers)
+        return sel(own + name, *matchers)
 
     by_instance = "{{instance}}"
     panels = [
@@ -1083,7 +1209,7 @@ def exporter_health() -> Json:
                 "prometheus",
                 "instance",
                 "Instance",
-                f"label_values({SELF}flushes_total, instance)",
+                f"label_values({own}flushes_total, instance)",
             ),
         ],
         panels,
@@ -1127,13 +1253,13 @@ def no_empty(expr: str, label: str, text: str) -> str:
     return f'label_replace({expr}, "{label}", "{text}", "{label}", "")'
 
 
-def release_engineering() -> Json:
+def release_engineering(prefix: str) -> Json:
     """Composes, bodhi pushes, koji and copr builds (the releng, koji, copr and bodhi
     plugins): the latest state of each compose and push as coloured tables, what happened in
     the time range, builds in flight."""
 
     def m(name: str, *matchers: str) -> str:
-        return sel(PREFIX + name, *matchers)
+        return sel(prefix + name, *matchers)
 
     compose = ('release=~"$release"',)
     koji = ('koji=~"$koji"',)
@@ -1264,7 +1390,9 @@ def release_engineering() -> Json:
             [
                 prom(
                     "sum by (state) ("
-                    + recorded_rate("instance_koji_state", "koji_builds", ["koji", "state"], *koji)
+                    + recorded_rate(
+                        prefix, "instance_koji_state", "koji_builds", ["koji", "state"], *koji
+                    )
                     + ")",
                     "{{state}}",
                 )
@@ -1360,19 +1488,19 @@ def release_engineering() -> Json:
                 "prometheus",
                 "instance",
                 "Instance",
-                f"label_values({PREFIX}releng_compose_events_total, instance)",
+                f"label_values({prefix}releng_compose_events_total, instance)",
             ),
             query_variable(
                 "prometheus",
                 "release",
                 "Release",
-                f'label_values({PREFIX}releng_compose_status{{instance=~"$instance"}}, release)',
+                f'label_values({prefix}releng_compose_status{{instance=~"$instance"}}, release)',
             ),
             query_variable(
                 "prometheus",
                 "koji",
                 "Koji",
-                f'label_values({PREFIX}koji_builds_total{{instance=~"$instance"}}, koji)',
+                f'label_values({prefix}koji_builds_total{{instance=~"$instance"}}, koji)',
             ),
             TOP,
         ],
@@ -1387,239 +1515,448 @@ def release_engineering() -> Json:
 
 #: Pagure's users and bodhi's commenters are both Fedora accounts: one User variable for both.
 CONTRIBUTOR_METRICS = "pagure_contributions_by_user|bodhi_comments_by_user"
+#: The InfluxDB contributors dashboard counts per interval of the time axis, not per second.
+PER_INTERVAL = (
+    "in each interval of the time axis (zoom out for coarser bars), by the messages' own time"
+)
+#: The InfluxDB side of the contributors' graphs: counts per interval as stacked bars.
+BARS: Json = {"stacked": True, "bars": True}
+FORGE_PROM = 'forge=~"$forge"'
+FORGE_INFLUX = '"forge" =~ /^$forge$/'
 
 
-def contributors_prometheus() -> Json:
-    """Who contributes: pagure contributions per project and per user, bodhi activity, new
-    accounts and badges (the pagure_contributions, bodhi, accounts and badges plugins)."""
+class ContributorQueries(NamedTuple):
+    """The contributors dashboards' query builders for one metric ``prefix``: PromQL
+    selectors of plugin counters, and InfluxQL sums over their per-second points."""
 
-    def m(name: str, *matchers: str) -> str:
-        return sel(PREFIX + name + "_total", *matchers)
+    prefix: str
 
-    forge = 'forge=~"$forge"'
-    by_project = m("pagure_contributions_by_project", forge)
-    by_user = m("pagure_contributions_by_user", forge)
-    project_selector = m("pagure_contributions_by_project", forge, 'project=~"$project"')
-    user_selector = m("pagure_contributions_by_user", forge, 'user=~"$user"')
-    commenter_selector = m("bodhi_comments_by_user", 'user=~"$user"')
-    panels = [
-        row("Pagure"),
-        stat(
+    def m(self, name: str, *matchers: str) -> str:
+        """The PromQL selector of the plugin counter ``name`` (``<prefix><name>_total``)."""
+        return sel(self.prefix + name + "_total", *matchers)
+
+    def sum_of(self, measurement: str, where: str = "", by: str = "") -> str:
+        """``sum("count")`` of ``measurement`` in the time range (and ``where``), per interval
+        of the time axis (and per ``by`` tag)."""
+        condition = f"{where} AND $timeFilter" if where else "$timeFilter"
+        group = f'GROUP BY time($__interval), "{by}"' if by else "GROUP BY time($__interval)"
+        return (
+            f'SELECT sum("count") FROM "{self.prefix}{measurement}" '
+            f"WHERE {condition} {group} fill(none)"
+        )
+
+    def total(self, measurement: str, where: str = "") -> str:
+        """``sum("count")`` of ``measurement`` over the whole time range (and ``where``)."""
+        condition = f"{where} AND $timeFilter" if where else "$timeFilter"
+        return f'SELECT sum("count") FROM "{self.prefix}{measurement}" WHERE {condition}'
+
+    def by_tag(self, measurement: str, tag: str) -> str:
+        """``sum("count")`` of ``measurement`` over the time range, per ``tag``."""
+        return (
+            f'SELECT sum("count") FROM "{self.prefix}{measurement}" '
+            f'WHERE $timeFilter GROUP BY "{tag}"'
+        )
+
+    def distinct(self, measurement: str, tag: str, where: str) -> str:
+        """How many values of ``tag`` have a point in the time range."""
+        return (
+            f'SELECT count("total") FROM (SELECT sum("count") AS "total" FROM '
+            f'"{self.prefix}{measurement}" WHERE {where} AND $timeFilter GROUP BY "{tag}")'
+        )
+
+    def top(self, measurement: str, tag: str, where: str = "") -> str:
+        """The ``$top`` values of ``tag`` with the most counted over the time range."""
+        condition = f"{where} AND $timeFilter" if where else "$timeFilter"
+        return (
+            f'SELECT top("total", "{tag}", $top) AS "total" FROM (SELECT sum("count") AS '
+            f'"total" FROM "{self.prefix}{measurement}" WHERE {condition} GROUP BY "{tag}")'
+        )
+
+
+def top_table(
+    title: str, label: str, value_name: str, promql: str, influxql: str, descriptions: Sequence[str]
+) -> Twin:
+    """A top-N table of both contributors dashboards (``descriptions``: Prometheus, InfluxDB)."""
+    return Twin(
+        table,
+        title,
+        "short",
+        prometheus=Query(
+            [prom(promql, instant=True, table=True)],
+            descriptions[0],
+            options={"value_column": "Value"},
+        ),
+        influxdb=Query(
+            [influx(influxql, table=True)], descriptions[1], options={"value_column": "total"}
+        ),
+        layout={"label": label, "value_name": value_name},
+    )
+
+
+def pagure_panels(q: ContributorQueries) -> list[Twin]:
+    """The Pagure section of both contributors dashboards."""
+    by_project = q.m("pagure_contributions_by_project", FORGE_PROM)
+    by_user = q.m("pagure_contributions_by_user", FORGE_PROM)
+    project_selector = q.m("pagure_contributions_by_project", FORGE_PROM, 'project=~"$project"')
+    user_selector = q.m("pagure_contributions_by_user", FORGE_PROM, 'user=~"$user"')
+    return [
+        twin_row("Pagure"),
+        Twin(
+            stat,
             "Contributions in the range",
-            "Issues, pull requests, comments and pushes on the selected forges over the time "
-            "range (by when they were processed; the InfluxDB dashboard counts by their own "
-            "time).",
             "short",
-            [prom(f"sum {in_range(m('pagure_contributions', forge))}", instant=True)],
+            prometheus=Query(
+                [prom(f"sum {in_range(q.m('pagure_contributions', FORGE_PROM))}", instant=True)],
+                "Issues, pull requests, comments and pushes on the selected forges over the "
+                "time range (by when they were processed; the InfluxDB dashboard counts by "
+                "their own time).",
+            ),
+            influxdb=Query(
+                [influx(q.total("pagure_contributions", FORGE_INFLUX))],
+                "Issues, pull requests, comments and pushes on the selected forges whose own "
+                "time falls in the time range.",
+            ),
         ),
-        stat(
+        Twin(
+            stat,
             "Contributors in the range",
-            "Users with at least one contribution on the selected forges over the time range "
-            "(counted below the cardinality cap; past it, users count under __other__).",
             "short",
-            [prom(f"count(sum by (user) {in_range(by_user)} > 0)", instant=True)],
+            prometheus=Query(
+                [prom(f"count(sum by (user) {in_range(by_user)} > 0)", instant=True)],
+                "Users with at least one contribution on the selected forges over the time "
+                "range (counted below the cardinality cap; past it, users count under "
+                "__other__).",
+            ),
+            influxdb=Query(
+                [influx(q.distinct("pagure_contributions_by_user", "user", FORGE_INFLUX))],
+                "Users with at least one contribution on the selected forges in the time range.",
+            ),
         ),
-        stat(
+        Twin(
+            stat,
             "Projects contributed to in the range",
-            "Projects with at least one contribution over the time range (forks count under "
-            "the project they fork).",
             "short",
-            [prom(f"count(sum by (forge, project) {in_range(by_project)} > 0)", instant=True)],
+            prometheus=Query(
+                [
+                    prom(
+                        f"count(sum by (forge, project) {in_range(by_project)} > 0)",
+                        instant=True,
+                    )
+                ],
+                "Projects with at least one contribution over the time range (forks count "
+                "under the project they fork).",
+            ),
+            influxdb=Query(
+                [influx(q.distinct("pagure_contributions_by_project", "project", FORGE_INFLUX))],
+                "Projects with at least one contribution on the selected forges in the time "
+                "range (a project of the same name on both forges counts once).",
+            ),
         ),
-        stat(
+        Twin(
+            stat,
             "New accounts in the range",
-            "Fedora accounts created over the time range (FAS, then noggin: fas.user.create).",
             "short",
-            [prom(f"sum {in_range(m('accounts_registered'))}", instant=True)],
+            prometheus=Query(
+                [prom(f"sum {in_range(q.m('accounts_registered'))}", instant=True)],
+                "Fedora accounts created over the time range (FAS, then noggin: fas.user.create).",
+            ),
+            influxdb=Query(
+                [influx(q.total("accounts_registered"))],
+                "Fedora accounts created in the time range.",
+            ),
         ),
-        timeseries(
+        Twin(
+            timeseries,
             "Contributions per second by kind",
-            "Contributions per second on the selected forges, by kind (push, comment, issue, "
-            "pull_request), stacked; by processing time.",
             "cps",
-            [
-                prom(
-                    f"sum by (kind) ({rate(m('pagure_contributions', forge))})",
-                    "{{kind}}",
-                )
-            ],
-            w=24,
-            stacked=True,
+            prometheus=Query(
+                [
+                    prom(
+                        f"sum by (kind) ({rate(q.m('pagure_contributions', FORGE_PROM))})",
+                        "{{kind}}",
+                    )
+                ],
+                "Contributions per second on the selected forges, by kind (push, comment, "
+                "issue, pull_request), stacked; by processing time.",
+            ),
+            influxdb=Query(
+                [
+                    influx(
+                        q.sum_of("pagure_contributions", FORGE_INFLUX, "kind"),
+                        alias="$tag_kind",
+                    )
+                ],
+                f"Contributions on the selected forges {PER_INTERVAL}, by kind, stacked.",
+                title="Contributions by kind",
+                unit="short",
+                options={"bars": True},
+            ),
+            layout={"w": 24, "stacked": True},
         ),
-        table(
+        top_table(
             "Top $top projects",
-            "Projects with the most contributions over the time range, on the selected forges "
-            "(all projects: the Project variable filters the graph beside).",
-            "short",
+            "project",
+            "contributions",
+            f"topk($top, sum by (project, forge) {in_range(by_project)})",
+            q.top("pagure_contributions_by_project", "project", FORGE_INFLUX),
             [
-                prom(
-                    f"topk($top, sum by (project, forge) {in_range(by_project)})",
-                    instant=True,
-                    table=True,
-                )
+                "Projects with the most contributions over the time range, on the selected "
+                "forges (all projects: the Project variable filters the graph beside).",
+                "Projects with the most contributions in the time range, on the selected "
+                "forges (all projects: the Project variable filters the graph beside).",
             ],
-            value_column="Value",
-            label="project",
-            value_name="contributions",
         ),
-        timeseries(
+        Twin(
+            timeseries,
             "Contributions per second by project",
-            "Contributions per second to the projects selected with the Project variable "
-            "(all: the $top busiest at each moment); by processing time.",
             "cps",
-            [
-                prom(
-                    f"topk($top, sum by (project) ({rate(project_selector)}))",
-                    "{{project}}",
-                )
-            ],
+            prometheus=Query(
+                [
+                    prom(
+                        f"topk($top, sum by (project) ({rate(project_selector)}))",
+                        "{{project}}",
+                    )
+                ],
+                "Contributions per second to the projects selected with the Project variable "
+                "(all: the $top busiest at each moment); by processing time.",
+            ),
+            influxdb=Query(
+                [
+                    influx(
+                        q.sum_of(
+                            "pagure_contributions_by_project",
+                            f'{FORGE_INFLUX} AND "project" =~ /^$project$/',
+                            "project",
+                        ),
+                        alias="$tag_project",
+                    )
+                ],
+                f"Contributions to the projects selected with the Project variable {PER_INTERVAL}.",
+                title="Contributions by project",
+                unit="short",
+                options=BARS,
+            ),
         ),
-        table(
+        top_table(
             "Top $top contributors",
-            "Users with the most contributions over the time range on the selected forges: "
-            "the user who acted (commented, pushed, opened or merged).",
-            "short",
+            "user",
+            "contributions",
+            f"topk($top, sum by (user) {in_range(by_user)})",
+            q.top("pagure_contributions_by_user", "user", FORGE_INFLUX),
             [
-                prom(
-                    f"topk($top, sum by (user) {in_range(by_user)})",
-                    instant=True,
-                    table=True,
-                )
+                "Users with the most contributions over the time range on the selected "
+                "forges: the user who acted (commented, pushed, opened or merged).",
+                "Users with the most contributions in the time range on the selected forges.",
             ],
-            value_column="Value",
-            label="user",
-            value_name="contributions",
         ),
-        timeseries(
+        Twin(
+            timeseries,
             "Contributions per second by user",
-            "Contributions per second of the users selected with the User variable (all: the "
-            "$top busiest at each moment); by processing time.",
             "cps",
-            [
-                prom(
-                    f"topk($top, sum by (user) ({rate(user_selector)}))",
-                    "{{user}}",
-                )
-            ],
-        ),
-        row("Bodhi"),
-        timeseries(
-            "Bodhi update events per second by event",
-            "Update events per second (request_testing, comment, pushed_stable, edit, ...), "
-            "stacked; by processing time.",
-            "cps",
-            [prom(f"sum by (event) ({rate(m('bodhi_updates'))})", "{{event}}")],
-            stacked=True,
-        ),
-        bargauge(
-            "Bodhi update events in the range",
-            "Update events over the time range, by event.",
-            "short",
-            [
-                prom(
-                    f"sum by (event) {in_range(m('bodhi_updates'))}",
-                    "{{event}}",
-                    instant=True,
-                )
-            ],
-        ),
-        table(
-            "Top $top bodhi commenters",
-            "Users who commented most on bodhi updates over the time range (bodhi's own "
-            "automatic comments count under 'bodhi').",
-            "short",
-            [
-                prom(
-                    f"topk($top, sum by (user) {in_range(m('bodhi_comments_by_user'))})",
-                    instant=True,
-                    table=True,
-                )
-            ],
-            value_column="Value",
-            label="user",
-            value_name="comments",
-        ),
-        timeseries(
-            "Bodhi comments per second by user",
-            "Comments per second of the users selected with the User variable (all: the $top "
-            "most active at each moment); by processing time.",
-            "cps",
-            [
-                prom(
-                    f"topk($top, sum by (user) ({rate(commenter_selector)}))",
-                    "{{user}}",
-                )
-            ],
-        ),
-        bargauge(
-            "Bodhi comment karma in the range",
-            "Comments over the time range by the karma they gave (-1, 0, 1), all releases.",
-            "short",
-            [
-                prom(
-                    f"sum by (karma) {in_range(m('bodhi_comment_karma'))}",
-                    "karma {{karma}}",
-                    instant=True,
-                )
-            ],
-            w=24,
-            h=6,
-        ),
-        row("Accounts and badges"),
-        timeseries(
-            "New accounts and badges per second",
-            "Fedora accounts created and badges awarded per second; by processing time.",
-            "cps",
-            [
-                prom(f"sum({rate(m('accounts_registered'))})", "new accounts"),
-                prom(f"sum({rate(m('badges_awarded'))})", "badges awarded"),
-            ],
-        ),
-        bargauge(
-            "Group membership changes in the range",
-            "Group membership changes over the time range, all groups: applied, added (a "
-            "sponsor approved or added a member), removed, role_changed.",
-            "short",
-            [
-                prom(
-                    f"sum by (action) {in_range(m('accounts_group_membership_changes'))}",
-                    "{{action}}",
-                    instant=True,
-                )
-            ],
-        ),
-        table(
-            "Top $top badges awarded",
-            "Badges awarded most over the time range.",
-            "short",
-            [
-                prom(
-                    f"topk($top, sum by (badge) {in_range(m('badges_awarded'))})",
-                    instant=True,
-                    table=True,
-                )
-            ],
-            value_column="Value",
-            label="badge",
-            value_name="awarded",
-        ),
-        table(
-            "Top $top groups by membership changes",
-            "Groups whose membership changed most over the time range (all actions).",
-            "short",
-            [
-                prom(
-                    "topk($top, sum by (group) "
-                    f"{in_range(m('accounts_group_membership_changes'))})",
-                    instant=True,
-                    table=True,
-                )
-            ],
-            value_column="Value",
-            label="group",
-            value_name="changes",
+            prometheus=Query(
+                [prom(f"topk($top, sum by (user) ({rate(user_selector)}))", "{{user}}")],
+                "Contributions per second of the users selected with the User variable (all: "
+                "the $top busiest at each moment); by processing time.",
+            ),
+            influxdb=Query(
+                [
+                    influx(
+                        q.sum_of(
+                            "pagure_contributions_by_user",
+                            f'{FORGE_INFLUX} AND "user" =~ /^$user$/',
+                            "user",
+                        ),
+                        alias="$tag_user",
+                    )
+                ],
+                f"Contributions of the users selected with the User variable {PER_INTERVAL}.",
+                title="Contributions by user",
+                unit="short",
+                options=BARS,
+            ),
         ),
     ]
+
+
+def bodhi_panels(q: ContributorQueries) -> list[Twin]:
+    """The Bodhi section of both contributors dashboards (the events in the range are
+    Prometheus only; the karma sits beside the events graph on the InfluxDB side)."""
+    commenter_selector = q.m("bodhi_comments_by_user", 'user=~"$user"')
+    return [
+        twin_row("Bodhi"),
+        Twin(
+            timeseries,
+            "Bodhi update events per second by event",
+            "cps",
+            prometheus=Query(
+                [prom(f"sum by (event) ({rate(q.m('bodhi_updates'))})", "{{event}}")],
+                "Update events per second (request_testing, comment, pushed_stable, edit, "
+                "...), stacked; by processing time.",
+            ),
+            influxdb=Query(
+                [influx(q.sum_of("bodhi_updates", by="event"), alias="$tag_event")],
+                f"Update events (request_testing, comment, pushed_stable, ...) {PER_INTERVAL}, "
+                "stacked.",
+                title="Bodhi update events by event",
+                unit="short",
+                options={"bars": True},
+            ),
+            layout={"stacked": True},
+        ),
+        Twin(
+            bargauge,
+            "Bodhi update events in the range",
+            "short",
+            prometheus=Query(
+                [
+                    prom(
+                        f"sum by (event) {in_range(q.m('bodhi_updates'))}",
+                        "{{event}}",
+                        instant=True,
+                    )
+                ],
+                "Update events over the time range, by event.",
+            ),
+            influxdb=None,
+        ),
+        top_table(
+            "Top $top bodhi commenters",
+            "user",
+            "comments",
+            f"topk($top, sum by (user) {in_range(q.m('bodhi_comments_by_user'))})",
+            q.top("bodhi_comments_by_user", "user"),
+            [
+                "Users who commented most on bodhi updates over the time range (bodhi's own "
+                "automatic comments count under 'bodhi').",
+                "Users who commented most on bodhi updates in the time range (bodhi's own "
+                "automatic comments count under 'bodhi').",
+            ],
+        ),
+        Twin(
+            timeseries,
+            "Bodhi comments per second by user",
+            "cps",
+            prometheus=Query(
+                [prom(f"topk($top, sum by (user) ({rate(commenter_selector)}))", "{{user}}")],
+                "Comments per second of the users selected with the User variable (all: the "
+                "$top most active at each moment); by processing time.",
+            ),
+            influxdb=Query(
+                [
+                    influx(
+                        q.sum_of("bodhi_comments_by_user", '"user" =~ /^$user$/', "user"),
+                        alias="$tag_user",
+                    )
+                ],
+                f"Comments of the users selected with the User variable {PER_INTERVAL}.",
+                title="Bodhi comments by user",
+                unit="short",
+                options=BARS,
+            ),
+        ),
+        Twin(
+            bargauge,
+            "Bodhi comment karma in the range",
+            "short",
+            prometheus=Query(
+                [
+                    prom(
+                        f"sum by (karma) {in_range(q.m('bodhi_comment_karma'))}",
+                        "karma {{karma}}",
+                        instant=True,
+                    )
+                ],
+                "Comments over the time range by the karma they gave (-1, 0, 1), all releases.",
+                options={"w": 24, "h": 6},
+            ),
+            influxdb=Query(
+                [influx(q.by_tag("bodhi_comment_karma", "karma"), alias="karma $tag_karma")],
+                "Comments in the time range by the karma they gave (-1, 0, 1), all releases.",
+            ),
+            influxdb_before="Top $top bodhi commenters",
+        ),
+    ]
+
+
+def accounts_panels(q: ContributorQueries) -> list[Twin]:
+    """The accounts and badges section of both contributors dashboards."""
+    changes = "accounts_group_membership_changes"
+    return [
+        twin_row("Accounts and badges"),
+        Twin(
+            timeseries,
+            "New accounts and badges per second",
+            "cps",
+            prometheus=Query(
+                [
+                    prom(f"sum({rate(q.m('accounts_registered'))})", "new accounts"),
+                    prom(f"sum({rate(q.m('badges_awarded'))})", "badges awarded"),
+                ],
+                "Fedora accounts created and badges awarded per second; by processing time.",
+            ),
+            influxdb=Query(
+                [
+                    influx(q.sum_of("accounts_registered"), alias="new accounts"),
+                    influx(q.sum_of("badges_awarded"), alias="badges awarded"),
+                ],
+                f"Fedora accounts created and badges awarded {PER_INTERVAL}.",
+                title="New accounts and badges",
+                unit="short",
+                options={"bars": True},
+            ),
+        ),
+        Twin(
+            bargauge,
+            "Group membership changes in the range",
+            "short",
+            prometheus=Query(
+                [prom(f"sum by (action) {in_range(q.m(changes))}", "{{action}}", instant=True)],
+                "Group membership changes over the time range, all groups: applied, added (a "
+                "sponsor approved or added a member), removed, role_changed.",
+            ),
+            influxdb=Query(
+                [influx(q.by_tag(changes, "action"), alias="$tag_action")],
+                "Group membership changes in the time range, all groups: applied, added, "
+                "removed, role_changed.",
+            ),
+        ),
+        top_table(
+            "Top $top badges awarded",
+            "badge",
+            "awarded",
+            f"topk($top, sum by (badge) {in_range(q.m('badges_awarded'))})",
+            q.top("badges_awarded", "badge"),
+            [
+                "Badges awarded most over the time range.",
+                "Badges awarded most in the time range.",
+            ],
+        ),
+        top_table(
+            "Top $top groups by membership changes",
+            "group",
+            "changes",
+            f"topk($top, sum by (group) {in_range(q.m(changes))})",
+            q.top(changes, "group"),
+            [
+                "Groups whose membership changed most over the time range (all actions).",
+                "Groups whose membership changed most in the time range (all actions).",
+            ],
+        ),
+    ]
+
+
+def contributors_panels(prefix: str) -> list[Twin]:
+    """Both contributors dashboards' panels, declared once: pagure contributions per project
+    and per user, bodhi activity, new accounts and badges (the pagure_contributions, bodhi,
+    accounts and badges plugins). Prometheus by processing time, in rates; InfluxDB by the
+    messages' own time, in counts per interval of the time axis (bars): contributions are
+    a few per hour, which per-second rates would show as 0.00."""
+    q = ContributorQueries(prefix)
+    return [*pagure_panels(q), *bodhi_panels(q), *accounts_panels(q)]
+
+
+def contributors_prometheus(prefix: str) -> Json:
+    """The contributors' Prometheus twin: by processing time, the last hours."""
     return dashboard(
         "statscache-contributors",
         "Contributors",
@@ -1633,19 +1970,19 @@ def contributors_prometheus() -> Json:
                 "prometheus",
                 "instance",
                 "Instance",
-                f"label_values({PREFIX}pagure_contributions_total, instance)",
+                f"label_values({prefix}pagure_contributions_total, instance)",
             ),
             query_variable(
                 "prometheus",
                 "forge",
                 "Forge",
-                f'label_values({PREFIX}pagure_contributions_total{{instance=~"$instance"}}, forge)',
+                f'label_values({prefix}pagure_contributions_total{{instance=~"$instance"}}, forge)',
             ),
             query_variable(
                 "prometheus",
                 "project",
                 "Project",
-                f"label_values({PREFIX}pagure_contributions_by_project_total"
+                f"label_values({prefix}pagure_contributions_by_project_total"
                 '{instance=~"$instance", forge=~"$forge"}, project)',
                 all_value=".*",
             ),
@@ -1653,231 +1990,21 @@ def contributors_prometheus() -> Json:
                 "prometheus",
                 "user",
                 "User",
-                f'label_values({{__name__=~"{PREFIX}({CONTRIBUTOR_METRICS})_total", '
+                f'label_values({{__name__=~"{prefix}({CONTRIBUTOR_METRICS})_total", '
                 'instance=~"$instance"}, user)',
                 all_value=".*",
             ),
             TOP,
         ],
-        panels,
+        twin_panels(contributors_panels(prefix), "prometheus"),
         time_from="now-6h",
         refresh="1m",
         tags=["fedora", "contributors", "prometheus"],
     )
 
 
-def contributors_influxdb() -> Json:
-    """The contributors dashboard over InfluxDB's per-second points, by the messages' own
-    time: for months and years. Counts per interval of the time axis (bars), not rates:
-    contributions are a few per hour, which per-second rates would show as 0.00."""
-
-    def sum_of(measurement: str, where: str = "", by: str = "") -> str:
-        """``sum("count")`` of ``measurement`` in the time range (and ``where``), per interval
-        of the time axis (and per ``by`` tag)."""
-        condition = f"{where} AND $timeFilter" if where else "$timeFilter"
-        group = f'GROUP BY time($__interval), "{by}"' if by else "GROUP BY time($__interval)"
-        return (
-            f'SELECT sum("count") FROM "{PREFIX}{measurement}" WHERE {condition} {group} fill(none)'
-        )
-
-    def total(measurement: str, where: str = "") -> str:
-        condition = f"{where} AND $timeFilter" if where else "$timeFilter"
-        return f'SELECT sum("count") FROM "{PREFIX}{measurement}" WHERE {condition}'
-
-    def distinct(measurement: str, tag: str, where: str) -> str:
-        """How many values of ``tag`` have a point in the time range."""
-        return (
-            f'SELECT count("total") FROM (SELECT sum("count") AS "total" FROM '
-            f'"{PREFIX}{measurement}" WHERE {where} AND $timeFilter GROUP BY "{tag}")'
-        )
-
-    def top(measurement: str, tag: str, where: str = "") -> str:
-        condition = f"{where} AND $timeFilter" if where else "$timeFilter"
-        return (
-            f'SELECT top("total", "{tag}", $top) AS "total" FROM (SELECT sum("count") AS '
-            f'"total" FROM "{PREFIX}{measurement}" WHERE {condition} GROUP BY "{tag}")'
-        )
-
-    forge = '"forge" =~ /^$forge$/'
-    per_interval = (
-        "in each interval of the time axis (zoom out for coarser bars), by the messages' own time"
-    )
-    panels = [
-        row("Pagure"),
-        stat(
-            "Contributions in the range",
-            "Issues, pull requests, comments and pushes on the selected forges whose own "
-            "time falls in the time range.",
-            "short",
-            [influx(total("pagure_contributions", forge))],
-        ),
-        stat(
-            "Contributors in the range",
-            "Users with at least one contribution on the selected forges in the time range.",
-            "short",
-            [influx(distinct("pagure_contributions_by_user", "user", forge))],
-        ),
-        stat(
-            "Projects contributed to in the range",
-            "Projects with at least one contribution on the selected forges in the time "
-            "range (a project of the same name on both forges counts once).",
-            "short",
-            [influx(distinct("pagure_contributions_by_project", "project", forge))],
-        ),
-        stat(
-            "New accounts in the range",
-            "Fedora accounts created in the time range.",
-            "short",
-            [influx(total("accounts_registered"))],
-        ),
-        timeseries(
-            "Contributions by kind",
-            f"Contributions on the selected forges {per_interval}, by kind, stacked.",
-            "short",
-            [influx(sum_of("pagure_contributions", forge, "kind"), alias="$tag_kind")],
-            w=24,
-            stacked=True,
-            bars=True,
-        ),
-        table(
-            "Top $top projects",
-            "Projects with the most contributions in the time range, on the selected forges "
-            "(all projects: the Project variable filters the graph beside).",
-            "short",
-            [influx(top("pagure_contributions_by_project", "project", forge), table=True)],
-            value_column="total",
-            label="project",
-            value_name="contributions",
-        ),
-        timeseries(
-            "Contributions by project",
-            f"Contributions to the projects selected with the Project variable {per_interval}.",
-            "short",
-            [
-                influx(
-                    sum_of(
-                        "pagure_contributions_by_project",
-                        f'{forge} AND "project" =~ /^$project$/',
-                        "project",
-                    ),
-                    alias="$tag_project",
-                )
-            ],
-            stacked=True,
-            bars=True,
-        ),
-        table(
-            "Top $top contributors",
-            "Users with the most contributions in the time range on the selected forges.",
-            "short",
-            [influx(top("pagure_contributions_by_user", "user", forge), table=True)],
-            value_column="total",
-            label="user",
-            value_name="contributions",
-        ),
-        timeseries(
-            "Contributions by user",
-            f"Contributions of the users selected with the User variable {per_interval}.",
-            "short",
-            [
-                influx(
-                    sum_of(
-                        "pagure_contributions_by_user", f'{forge} AND "user" =~ /^$user$/', "user"
-                    ),
-                    alias="$tag_user",
-                )
-            ],
-            stacked=True,
-            bars=True,
-        ),
-        row("Bodhi"),
-        timeseries(
-            "Bodhi update events by event",
-            f"Update events (request_testing, comment, pushed_stable, ...) {per_interval}, "
-            "stacked.",
-            "short",
-            [influx(sum_of("bodhi_updates", by="event"), alias="$tag_event")],
-            stacked=True,
-            bars=True,
-        ),
-        bargauge(
-            "Bodhi comment karma in the range",
-            "Comments in the time range by the karma they gave (-1, 0, 1), all releases.",
-            "short",
-            [
-                influx(
-                    f'SELECT sum("count") FROM "{PREFIX}bodhi_comment_karma" '
-                    'WHERE $timeFilter GROUP BY "karma"',
-                    alias="karma $tag_karma",
-                )
-            ],
-        ),
-        table(
-            "Top $top bodhi commenters",
-            "Users who commented most on bodhi updates in the time range (bodhi's own "
-            "automatic comments count under 'bodhi').",
-            "short",
-            [influx(top("bodhi_comments_by_user", "user"), table=True)],
-            value_column="total",
-            label="user",
-            value_name="comments",
-        ),
-        timeseries(
-            "Bodhi comments by user",
-            f"Comments of the users selected with the User variable {per_interval}.",
-            "short",
-            [
-                influx(
-                    sum_of("bodhi_comments_by_user", '"user" =~ /^$user$/', "user"),
-                    alias="$tag_user",
-                )
-            ],
-            stacked=True,
-            bars=True,
-        ),
-        row("Accounts and badges"),
-        timeseries(
-            "New accounts and badges",
-            f"Fedora accounts created and badges awarded {per_interval}.",
-            "short",
-            [
-                influx(sum_of("accounts_registered"), alias="new accounts"),
-                influx(sum_of("badges_awarded"), alias="badges awarded"),
-            ],
-            bars=True,
-        ),
-        bargauge(
-            "Group membership changes in the range",
-            "Group membership changes in the time range, all groups: applied, added, "
-            "removed, role_changed.",
-            "short",
-            [
-                influx(
-                    f'SELECT sum("count") FROM "{PREFIX}accounts_group_membership_changes" '
-                    'WHERE $timeFilter GROUP BY "action"',
-                    alias="$tag_action",
-                )
-            ],
-        ),
-        table(
-            "Top $top badges awarded",
-            "Badges awarded most in the time range.",
-            "short",
-            [influx(top("badges_awarded", "badge"), table=True)],
-            value_column="total",
-            label="badge",
-            value_name="awarded",
-        ),
-        table(
-            "Top $top groups by membership changes",
-            "Groups whose membership changed most in the time range (all actions).",
-            "short",
-            [influx(top("accounts_group_membership_changes", "group"), table=True)],
-            value_column="total",
-            label="group",
-            value_name="changes",
-        ),
-    ]
+def contributors_influxdb(prefix: str) -> Json:
+    """The contributors' InfluxDB twin: by the messages' own time, for months and years."""
     return dashboard(
         "statscache-contributors-influxdb",
         "Contributors (InfluxDB)",
@@ -1891,13 +2018,13 @@ def contributors_influxdb() -> Json:
                 "influxdb",
                 "forge",
                 "Forge",
-                f'SHOW TAG VALUES FROM "{PREFIX}pagure_contributions" WITH KEY = "forge"',
+                f'SHOW TAG VALUES FROM "{prefix}pagure_contributions" WITH KEY = "forge"',
             ),
             query_variable(
                 "influxdb",
                 "project",
                 "Project",
-                f'SHOW TAG VALUES FROM "{PREFIX}pagure_contributions_by_project" '
+                f'SHOW TAG VALUES FROM "{prefix}pagure_contributions_by_project" '
                 'WITH KEY = "project" WHERE "forge" =~ /^$forge$/',
                 all_value=".*",
             ),
@@ -1905,20 +2032,21 @@ def contributors_influxdb() -> Json:
                 "influxdb",
                 "user",
                 "User",
-                f'SHOW TAG VALUES FROM /^{PREFIX}({CONTRIBUTOR_METRICS})$/ WITH KEY = "user"',
+                f'SHOW TAG VALUES FROM /^{prefix}({CONTRIBUTOR_METRICS})$/ WITH KEY = "user"',
                 all_value=".*",
             ),
             TOP,
         ],
-        panels,
+        twin_panels(contributors_panels(prefix), "influxdb"),
         time_from="now-30d",
         refresh="5m",
         tags=["fedora", "contributors", "influxdb"],
     )
 
 
-#: file name -> builder. A new dashboard (say, for a new plugin) is one more entry here.
-DASHBOARDS: dict[str, Callable[[], Json]] = {
+#: file name -> builder of the dashboard for a metric prefix. A new dashboard (say, for a new
+#: plugin) is one more entry here.
+DASHBOARDS: dict[str, Callable[[str], Json]] = {
     "fedora-bus-overview.json": bus_overview_prometheus,
     "fedora-bus-overview-influxdb.json": bus_overview_influxdb,
     "exporter-health.json": exporter_health,
@@ -1927,42 +2055,78 @@ DASHBOARDS: dict[str, Callable[[], Json]] = {
     "contributors-influxdb.json": contributors_influxdb,
 }
 
+#: The twin pairs: (Prometheus file, InfluxDB file) -> the one list of panel specs both are
+#: built from (tests/test_grafana.py checks that the twins share their panels through it).
+TWINS: dict[tuple[str, str], Callable[[str], list[Twin]]] = {
+    ("fedora-bus-overview.json", "fedora-bus-overview-influxdb.json"): bus_overview_panels,
+    ("contributors.json", "contributors-influxdb.json"): contributors_panels,
+}
+
 
 def render(board: Json) -> str:
     """The file's text: stable key order as built, two-space indent, a final newline."""
     return json.dumps(board, indent=2, ensure_ascii=False) + "\n"
 
 
-def rendered() -> dict[Path, str]:
-    return {DASHBOARD_DIR / name: render(build()) for name, build in DASHBOARDS.items()}
+def rendered(prefix: str = DEFAULT_PREFIX, folder: Path = DASHBOARD_DIR) -> dict[Path, str]:
+    """Each dashboard's path in ``folder`` and text, its metric names with ``prefix``."""
+    return {folder / name: render(build(prefix)) for name, build in DASHBOARDS.items()}
 
 
-def stale() -> list[Path]:
+def stale(prefix: str = DEFAULT_PREFIX, folder: Path = DASHBOARD_DIR) -> list[Path]:
     """Files that differ from what this module builds (or are missing), and JSON files in the
     folder that no builder makes."""
-    wanted = rendered()
+    wanted = rendered(prefix, folder)
     out = [p for p, text in wanted.items() if not p.exists() or p.read_text() != text]
-    out += [p for p in sorted(DASHBOARD_DIR.glob("*.json")) if p not in wanted]
+    out += [p for p in sorted(folder.glob("*.json")) if p not in wanted]
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--check", action="store_true", help="compare only; exit 1 if stale")
-    args = parser.parse_args(argv)
-    if args.check:
-        out_of_date = stale()
-        for p in out_of_date:
-            print(f"stale: {p.relative_to(HERE.parent)} (run python grafana/generate.py)")
-        return 1 if out_of_date else 0
-    DASHBOARD_DIR.mkdir(parents=True, exist_ok=True)
-    wanted = rendered()
-    for p in sorted(DASHBOARD_DIR.glob("*.json")):
+def write(prefix: str = DEFAULT_PREFIX, folder: Path = DASHBOARD_DIR) -> list[Path]:
+    """Writes every dashboard into ``folder`` (removing JSON files no builder makes there) and
+    answers the paths written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    wanted = rendered(prefix, folder)
+    for p in sorted(folder.glob("*.json")):
         if p not in wanted:
             p.unlink()
     for p, text in wanted.items():
         p.write_text(text)
-        print(f"wrote {p.relative_to(HERE.parent)}")
+    return list(wanted)
+
+
+def shown(path: Path) -> str:
+    """``path`` relative to the repository where it is inside it, else as it is."""
+    try:
+        return str(path.relative_to(HERE.parent))
+    except ValueError:
+        return str(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Writes the dashboards (or, with ``--check``, only compares them); exit 1 if stale."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="compare only; exit 1 if stale")
+    parser.add_argument(
+        "--prefix",
+        default=DEFAULT_PREFIX,
+        help="the exporter's prometheus.prefix, which starts every metric and measurement "
+        f"name (default: {DEFAULT_PREFIX})",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=DASHBOARD_DIR,
+        help="the folder of the dashboards' JSON (default: the provisioning folder here)",
+    )
+    args = parser.parse_args(argv)
+    if args.check:
+        out_of_date = stale(args.prefix, args.output)
+        for p in out_of_date:
+            print(f"stale: {shown(p)} (run python grafana/generate.py)")
+        return 1 if out_of_date else 0
+    for p in write(args.prefix, args.output):
+        print(f"wrote {shown(p)}")
     return 0
 
 

@@ -74,6 +74,8 @@ from servers import (
     wait_until,
 )
 
+from statscache_exporter.config import PrometheusConfig
+
 generate = load_generator()
 PROVISIONING = GRAFANA / "provisioning"
 DASHBOARD_FILES = sorted(generate.DASHBOARD_DIR.glob("*.json"))
@@ -188,6 +190,92 @@ def datasource_kind(board: dict[str, Any]) -> str:
 def test_the_committed_dashboards_are_what_generate_py_builds() -> None:
     assert [p.name for p in generate.stale()] == [], "run: python grafana/generate.py"
     assert {p.name for p in DASHBOARD_FILES} == set(generate.DASHBOARDS)
+
+
+#: A metric name in PromQL: an identifier right before its ``{matchers}`` (every selector the
+#: generator writes has some), recording rules' ``level:name:window`` included.
+PROMQL_SELECTOR = re.compile(r"([A-Za-z_:][A-Za-z0-9_:]*)\{")
+#: An InfluxDB measurement in InfluxQL: ``FROM "name"`` or ``FROM /^regex$/``.
+INFLUXQL_FROM = re.compile(r'FROM (?:"([^"]+)"|/\^([^/]+)\$/)')
+
+
+def metric_names(board: dict[str, Any]) -> list[str]:
+    """Every metric (or measurement) name the dashboard's panel targets and variables query,
+    recording rules' series by their metric part."""
+    texts = [t.get("expr") or t.get("query", "") for p in query_panels(board) for t in p["targets"]]
+    texts += [v["query"] for v in board["templating"]["list"] if v["type"] == "query"]
+    names: list[str] = []
+    for text in texts:
+        names += [n.split(":")[1] if ":" in n else n for n in PROMQL_SELECTOR.findall(text)]
+        names += [quoted or regex for quoted, regex in INFLUXQL_FROM.findall(text)]
+        names += re.findall(r'__name__=~"([^"]+)"', text)
+    return names
+
+
+def test_the_default_prefix_is_the_exporters() -> None:
+    assert PrometheusConfig().prefix == generate.DEFAULT_PREFIX
+
+
+def test_every_metric_name_takes_the_prefix_option(tmp_path: Path) -> None:
+    """``--prefix`` starts every metric name in every PromQL target and variable (and every
+    InfluxDB measurement): none keeps the default prefix. The default build, read the same
+    way, names the same metrics with the default prefix (so the names are really found)."""
+    assert generate.main(["--prefix", "fedora_", "--output", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == sorted(generate.DASHBOARDS)
+    for name in generate.DASHBOARDS:
+        default = load(generate.DASHBOARD_DIR / name)
+        other = load(tmp_path / name)
+        names = metric_names(other)
+        assert names, name
+        assert [n for n in names if not n.startswith("fedora_")] == [], name
+        assert "statscache_" not in json.dumps(other["panels"]), name
+        assert "statscache_" not in json.dumps(other["templating"]), name
+        assert [n.replace("fedora_", "statscache_", 1) for n in names] == metric_names(default)
+        if datasource_kind(other) == "prometheus":
+            for p in query_panels(other):
+                for t in p["targets"]:
+                    assert PROMQL_SELECTOR.search(t["expr"]), (name, p["title"])
+    assert generate.main(["--check", "--prefix", "fedora_", "--output", str(tmp_path)]) == 0
+    assert generate.main(["--check", "--output", str(tmp_path)]) == 1
+
+
+def test_the_twins_share_their_panels_through_one_spec() -> None:
+    """Each twin pair is built from one list of panel specs: each dashboard's panels are its
+    side's of the specs, in the specs' order (a declared move apart); a shared spec gives both
+    twins their panel, in the same order; and a title on both twins is one shared spec, never
+    two one-sided ones (a panel declared twice)."""
+    for (prom_file, influx_file), specs_of in generate.TWINS.items():
+        specs = specs_of(generate.DEFAULT_PREFIX)
+        boards = {"prometheus": load(generate.DASHBOARD_DIR / prom_file)}
+        boards["influxdb"] = load(generate.DASHBOARD_DIR / influx_file)
+        for side, board in boards.items():
+            assert datasource_kind(board) == side
+            built = [s.panel(side) for s in generate.twin_order(specs, side)]
+            committed = [
+                {**p, "gridPos": {**p["gridPos"], "x": 0, "y": 0}} for p in board["panels"]
+            ]
+            assert [{k: v for k, v in p.items() if k != "id"} for p in committed] == [
+                p for p in built if p is not None
+            ], side
+        shared = [s for s in specs if s.prometheus is not None and s.influxdb is not None]
+        assert len(shared) >= 6, prom_file
+        in_order = [s.title for s in shared if s.influxdb_before is None]
+        for side in boards:
+            ordered = generate.twin_order(specs, side)
+            assert [s.title for s in ordered if s in shared and s.title in in_order] == in_order
+        one_sided = [s for s in specs if s not in shared]
+        for s in one_sided:
+            assert (s.prometheus is None) != (s.influxdb is None), s.title
+        titles = {side: {p["title"] for p in b["panels"]} for side, b in boards.items()}
+        on_both = titles["prometheus"] & titles["influxdb"]
+        assert on_both, prom_file
+        for title in on_both:
+            owners = [
+                s
+                for s in specs
+                if title in {(q.title or s.title) for q in (s.prometheus, s.influxdb) if q}
+            ]
+            assert len(owners) == 1 and owners[0] in shared, (prom_file, title)
 
 
 def test_dashboard_uids_and_titles_are_unique_and_stable() -> None:
