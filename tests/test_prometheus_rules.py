@@ -141,7 +141,7 @@ def test_the_readme_lists_every_setting_with_its_default() -> None:
 
 
 def test_the_rules_and_the_dashboards_share_the_prefix_and_the_recorded_names() -> None:
-    assert gen.Settings().prefix == dashboards.PREFIX
+    assert gen.Settings().prefix == dashboards.DEFAULT_PREFIX
     assert gen.RATE_WINDOW == dashboards.RECORDED_WINDOW
     used = set()
     for path in sorted(dashboards.DASHBOARD_DIR.glob("*.json")):
