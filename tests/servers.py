@@ -13,6 +13,7 @@ import errno
 import fcntl
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -75,11 +76,36 @@ def missing(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
+#: Where :func:`free_port` looks: from here up to the kernel's ephemeral range.
+LOWEST_PORT = 10000
+
+
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (bound to port 0, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port free on 127.0.0.1 right now, chosen at random below the kernel's ephemeral
+    range (``net.ipv4.ip_local_port_range``). A server stopped and started again on the same
+    port (RabbitMQ's AMQP and Erlang distribution ports, InfluxDB's, the exporter's) cannot
+    then find it taken meanwhile by the local end of some client's connection, which the kernel
+    takes from that range: a restart of RabbitMQ once failed on ``dist_port_already_used``."""
+    ephemeral = _ephemeral_low()
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(LOWEST_PORT, ephemeral)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    pytest.fail(f"no free TCP port on 127.0.0.1 in {LOWEST_PORT}-{ephemeral - 1}")
+
+
+def _ephemeral_low() -> int:
+    """The lowest port of the kernel's ephemeral range (Linux's default when unreadable)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+    return low if low > LOWEST_PORT + 1000 else 32768
 
 
 def wait_until(
