@@ -39,12 +39,14 @@ SeriesKey = tuple[str, tuple[str, ...]]
 BucketKey = tuple[str, tuple[str, ...], int, int]
 
 #: a bucket's key in the aggregator and in a batch's levels: its start times SLOTS plus its
-#: series' slot (the series' place in the aggregator's :attr:`Aggregator.slots`). An int is
-#: no object the cycle collector traverses: with (series, start) tuples, the young and middle
-#: generations' collections went through every key held since the last flush, ~4 µs of a
-#: message's ~50 (bench/pipeline.py), and tuples of two ints still cost ~2.
+#: series' slot, which is the series' id in the store (and its place in the aggregator's
+#: :attr:`Aggregator.slots`). An int is no object the cycle collector traverses: with
+#: (series, start) tuples, the young and middle generations' collections went through every
+#: key held since the last flush, ~4 µs of a message's ~50 (bench/pipeline.py), and tuples of
+#: two ints still cost ~2. The store splits keys in SQL (``key / SLOTS``, ``key % SLOTS``):
+#: doing it in Python, with a look-up of each series' id, cost ~0.7 µs a row.
 BucketId = int
-#: more than the slots an aggregator gives out, and odd, about 2^28 over the golden ratio: a
+#: more than the series ids a store gives out, and odd, about 2^28 over the golden ratio: a
 #: key's low bits, which pick its place in a dict, mix its start and slot (with a power of two
 #: every series of one second would start probing at the same place); and small enough that
 #: keys of starts up to 2106 fit in 60 bits, two of CPython's int digits
@@ -75,23 +77,22 @@ class GaugeValue:
 @dataclass(slots=True, eq=False)
 class Series:
     """What the store and the sinks need to know of a series besides its values. One object
-    per series: the aggregator gives it a slot, the part of its buckets' keys that names it
-    (:data:`BucketId`)."""
+    per series: its slot names it in its buckets' keys (:data:`BucketId`) and is its id in the
+    store: the store's own for a series loaded from it, the next free one for a new series
+    (given by the aggregator, which starts after the store's highest; the store inserts the
+    series under it)."""
 
     plugin: str
     metric: Metric
     labels: tuple[str, ...]
     created: float = 0.0  # when the exporter first saw the series (wall clock, for _created)
     key: SeriesKey = field(init=False)
-    #: its id in the store, once it has one
-    sid: int | None = field(init=False)
-    #: its place in its aggregator's slots, once it has one (unset before: a bucket key of a
-    #: series no aggregator holds is an AttributeError, not a wrong key)
+    #: its id in the store and its place in its aggregator's slots, once it has one (unset
+    #: before: a bucket key of a series without one is an AttributeError, not a wrong key)
     slot: int = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.key = (self.metric.name, self.labels)
-        self.sid = None
 
     def label_dict(self) -> dict[str, str]:
         return dict(zip(self.metric.labels, self.labels, strict=True))
@@ -125,8 +126,9 @@ class Batch:
     #: ``keyed_counts``/``keyed_gauges`` rolled up to ``resolutions[1]`` (empty without one)
     rolled_counts: dict[BucketId, int] = field(default_factory=dict)
     rolled_gauges: dict[BucketId, GaugeValue] = field(default_factory=dict)
-    #: the series of the bucket keys, by slot (the aggregator's own list, which only grows)
-    slots: list[Series] = field(default_factory=list)
+    #: the series of the bucket keys, by slot (the aggregator's own list, which only grows;
+    #: None where the store has a series the aggregator did not load)
+    slots: list[Series | None] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(
@@ -151,7 +153,7 @@ class Batch:
         """The changes at every resolution, finest first: the aggregator's base and first
         roll-up as they are, each coarser one rolled up from the coarsest finer one that tiles
         it (:func:`roll_sources`), and the changes keyed by name rolled up alongside (their
-        series given slots of this batch's own, after the aggregator's)."""
+        series must have their slots: the store gives them at the start of its commit)."""
         base = self.resolutions[0]
         sources = roll_sources(self.resolutions)
         keyed: dict[int, Level] = {base: (self.keyed_counts, self.keyed_gauges)}
@@ -168,21 +170,17 @@ class Batch:
         return {res: _joined(keyed[res], named[res]) for res in self.resolutions}
 
     def _named(self) -> Level:
-        """The changes keyed by name, keyed by bucket key (``series`` has each series; one
-        not in ``slots`` is added to a copy of them, the batch's own from then on)."""
+        """The changes keyed by name, keyed by bucket key (``series`` has each series, with
+        its slot; one not in ``slots`` is put in a copy of them, the batch's own from then
+        on)."""
         slots = list(self.slots)
-        slot_of: dict[SeriesKey, int] = {}
 
         def key_of(name: str, labels: tuple[str, ...], start: int) -> BucketId:
-            slot = slot_of.get((name, labels))
-            if slot is None:
-                s = self.series[(name, labels)]
-                slot = getattr(s, "slot", None)
-                if slot is None or slot >= len(slots) or slots[slot] is not s:
-                    slot = len(slots)
-                    slots.append(s)
-                slot_of[(name, labels)] = slot
-            return bucket_key(slot, start)
+            s = self.series[(name, labels)]
+            if s.slot >= len(slots):
+                slots.extend([None] * (s.slot + 1 - len(slots)))
+            slots[s.slot] = s
+            return bucket_key(s.slot, start)
 
         counts: dict[BucketId, int] = {}
         for (name, labels, _, start), n in self.counter_deltas.items():
@@ -238,20 +236,25 @@ def _joined(mine: Level, theirs: Level) -> Level:
 
 
 def _by_name(
-    levels: Mapping[int, Level], slots: Sequence[Series]
+    levels: Mapping[int, Level], slots: Sequence[Series | None]
 ) -> tuple[dict[BucketKey, int], dict[BucketKey, GaugeValue]]:
     deltas: dict[BucketKey, int] = {}
     candidates: dict[BucketKey, GaugeValue] = {}
     for res, (counts, gauges) in levels.items():
         for key, n in counts.items():
-            start, slot = divmod(key, SLOTS)
-            s = slots[slot]
+            start, s = _split(key, slots)
             deltas[(s.metric.name, s.labels, res, start)] = n
         for key, g in gauges.items():
-            start, slot = divmod(key, SLOTS)
-            s = slots[slot]
+            start, s = _split(key, slots)
             candidates[(s.metric.name, s.labels, res, start)] = g
     return deltas, candidates
+
+
+def _split(key: BucketId, slots: Sequence[Series | None]) -> tuple[int, Series]:
+    start, slot = divmod(key, SLOTS)
+    s = slots[slot]
+    assert s is not None, f"no series in slot {slot}"
+    return start, s
 
 
 def bucket_start(epoch: float, resolution: int) -> int:
@@ -288,8 +291,9 @@ class Aggregator:
         self._overflow = overflow_value
         #: metric name → the plugin that declares it (names are unique across plugins)
         self.plugin_of: dict[str, str] = {}
-        #: every series, by slot (see :data:`BucketId`)
-        self.slots: list[Series] = []
+        #: every series, by slot (see :data:`BucketId`); None for an id of the store's that
+        #: no series loaded here has
+        self.slots: list[Series | None] = []
         #: the first roll-up, kept by the hot path beside the base interval; without one, a
         #: bucket of all time (so its deltas are each series' sum since the last drain)
         self.roll = self.resolutions[1] if len(self.resolutions) > 1 else 1 << 62
@@ -302,11 +306,23 @@ class Aggregator:
         self._requeued: list[Batch] = []
 
     def restore(
-        self, series: Mapping[SeriesKey, Series], totals: Mapping[SeriesKey, int | GaugeValue]
+        self,
+        series: Mapping[SeriesKey, Series],
+        totals: Mapping[SeriesKey, int | GaugeValue],
+        free: int = 0,
     ) -> None:
-        """Start from what the store holds, so counters go on from their stored totals."""
+        """Start from what the store holds, so counters go on from their stored totals: its
+        series (each in the slot of its id) and their totals; ``free``: the lowest id above
+        every one the store has, where the slots of new series start."""
+        slots = self.slots
+        for s in series.values():
+            free = max(free, s.slot + 1)
+        if free > SLOTS:
+            raise OverflowError(f"series id {free - 1} is beyond {SLOTS - 1}")
+        slots.extend([None] * (free - len(slots)))
         for key, s in series.items():
-            self.series[key] = self._slotted(s)
+            assert slots[s.slot] is None, f"two series in slot {s.slot}"
+            self.series[key] = slots[s.slot] = s
         self.totals.update(totals)
         self.series_per_metric = Counter(name for name, _ in self.series)
 
@@ -375,7 +391,7 @@ class Aggregator:
         """The series, given the next slot."""
         s.slot = len(self.slots)
         if s.slot >= SLOTS:
-            raise OverflowError(f"more than {SLOTS} series in one process")
+            raise OverflowError(f"series id {s.slot} is beyond {SLOTS - 1}")
         self.slots.append(s)
         return s
 
@@ -395,6 +411,7 @@ class Aggregator:
         slots = self.slots
         for bkey, n in self._rolled_counts.items():
             s = slots[bkey % SLOTS]
+            assert s is not None
             key = s.key
             total = totals.get(key, 0)
             assert isinstance(total, int)
@@ -402,6 +419,7 @@ class Aggregator:
             touched[key] = s
         for bkey, g in self._rolled_gauges.items():
             s = slots[bkey % SLOTS]
+            assert s is not None
             key = s.key
             now = totals.get(key)
             if now is None or (isinstance(now, GaugeValue) and g > now):

@@ -16,7 +16,9 @@ statements of up to :data:`PARAMETERS_PER_STATEMENT` parameters: binding paramet
 row (``executemany``) cost several times what SQLite's own work did; a flush is a few dozen
 statements, new series included, not thousands. (Staging the base changes in a temporary
 table and rolling them up there in SQL cost more: each base row was written, read back and
-sorted before its upsert; see ``bench/pipeline.py``'s profile.)
+sorted before its upsert; see ``bench/pipeline.py``'s profile.) A bucket's row goes in as its
+key and its value(s), the statement splitting the key into its start and series id
+(:data:`~statscache_exporter.aggregate.BucketId`: a series' slot is its id).
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ from statscache_exporter.aggregate import (
     Level,
     Series,
     SeriesKey,
-    split_key,
 )
 from statscache_exporter.plugin import Metric
 
@@ -71,30 +72,38 @@ CREATE TABLE IF NOT EXISTS totals (
 );
 """
 
+# Upserts of one resolution's buckets: the resolution is the first parameter (?1), then the
+# rows, each a bucket key and its value(s), split into start and series by the statement. The
+# SELECT needs its WHERE: without it, ON CONFLICT would parse as a join's.
 _UPSERT_COUNTS = (
-    "INSERT INTO buckets (resolution, start, series, value)",
+    f"INSERT INTO buckets (resolution, start, series, value) SELECT ?1, column1 / {SLOTS},"
+    f" column1 % {SLOTS}, column2 FROM (",
+    ") WHERE true"
     " ON CONFLICT (resolution, start, series) DO UPDATE SET value = value + excluded.value",
 )
 # a gauge bucket takes the candidate (by ts, then msg_id) where it is newer than its own
 _UPSERT_GAUGES = (
-    "INSERT INTO buckets (resolution, start, series, value, ts, msg_id)",
+    f"INSERT INTO buckets (resolution, start, series, value, ts, msg_id) SELECT ?1,"
+    f" column1 / {SLOTS}, column1 % {SLOTS}, column2, column3, column4 FROM (",
+    ") WHERE true"
     " ON CONFLICT (resolution, start, series) DO UPDATE"
     " SET value = excluded.value, ts = excluded.ts, msg_id = excluded.msg_id"
     " WHERE (excluded.ts, excluded.msg_id) > (buckets.ts, buckets.msg_id)",
 )
 
 
-_INSERT_SERIES = "INSERT INTO series (plugin, metric, kind, labels, created)"
-_SERIES_CONFLICT = (
-    " ON CONFLICT (metric, labels) DO UPDATE SET plugin = excluded.plugin"
-    " RETURNING id, metric, labels"
-)
+_INSERT_SERIES = "INSERT INTO series (id, plugin, metric, kind, labels, created)"
 
 
 @cache
 def _values_sql(head: str, columns: int, rows: int) -> str:
     row = "(" + ",".join("?" * columns) + ")"
     return f"{head} VALUES {','.join([row] * rows)}"
+
+
+@cache
+def _keyed_sql(upsert: tuple[str, str], columns: int, rows: int) -> str:
+    return _values_sql(upsert[0], columns, rows) + upsert[1]
 
 
 def statement_sizes(rows: int, per: int) -> Iterator[int]:
@@ -138,6 +147,18 @@ def insert_flat(
     return returned
 
 
+def upsert_level(
+    db: sqlite3.Connection, upsert: tuple[str, str], res: int, columns: int, values: list[Any]
+) -> None:
+    """One resolution's buckets (``values``: rows of ``columns`` values one after the other,
+    each a bucket key then its values) through ``upsert`` (``_UPSERT_*``), in statements of
+    :func:`statement_sizes`, each binding ``res`` first."""
+    i = 0
+    for size in statement_sizes(len(values) // columns, (PARAMETERS_PER_STATEMENT - 1) // columns):
+        db.execute(_keyed_sql(upsert, columns, size), [res, *values[i : i + size * columns]])
+        i += size * columns
+
+
 def labels_json(series: Series) -> str:
     """Canonical text of a series' labels: JSON with sorted keys, no spaces."""
     return json.dumps(series.label_dict(), sort_keys=True, separators=(",", ":"))
@@ -148,12 +169,18 @@ class Counts:
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
+        #: the series the store has (that this process knows of) → their ids
         self.series_ids: dict[SeriesKey, int] = {}
+        #: above every id the store has or a series was given: where ids of series made by
+        #: hand, without a slot, start (an aggregator's start at :meth:`load`'s ``free``);
+        #: from 1, as SQLite's own would
+        self.free = 1
 
     def load(
         self, metrics: Mapping[str, tuple[str, Metric]]
-    ) -> tuple[dict[SeriesKey, Series], dict[SeriesKey, int | GaugeValue]]:
-        """The series and totals of the given metrics (name → (plugin, declaration)).
+    ) -> tuple[dict[SeriesKey, Series], dict[SeriesKey, int | GaugeValue], int]:
+        """The series and totals of the given metrics (name → (plugin, declaration)), and the
+        lowest id above every series' in the store (see :meth:`Aggregator.restore`).
 
         Series of metrics no longer declared stay in the store untouched but are not loaded.
         """
@@ -172,59 +199,61 @@ class Counts:
                 continue  # the plugin changed its labels; the old series stays in the store
             key: SeriesKey = (name, tuple(stored[label] for label in metric.labels))
             s = series[key] = Series(plugin, metric, key[1], created)
-            self.series_ids[key] = s.sid = sid
+            self.series_ids[key] = s.slot = sid
             if value is None:
                 continue
             if metric.kind == "counter":
                 totals[key] = int(value)
             else:
                 totals[key] = GaugeValue(float(ts), str(msg_id), float(value))
-        return series, totals
+        (highest,) = self.db.execute("SELECT max(id) FROM series").fetchone()
+        self.free = max(self.free, (highest or 0) + 1)
+        return series, totals, self.free
 
     # --- writing, inside the flush's transaction -------------------------------------------
 
     def insert_series(self, db: sqlite3.Connection, batch: Batch) -> list[SeriesKey]:
-        """Give the batch's new series their ids (and its series objects made by hand the ids
-        of theirs); the keys of those that were new."""
+        """Insert the batch's new series under their slots (a series made by hand without
+        one is given the next free id), and give its series objects made by hand for stored
+        series the ids of theirs; the keys of those that were new. A slot the store has
+        given another series already is an error (``sqlite3.IntegrityError``)."""
         new = [key for key in batch.series if key not in self.series_ids]
-        by_text: dict[tuple[str, str], SeriesKey] = {}  # (metric, labels JSON) -> key
         rows = []
         for key in new:
             s = batch.series[key]
-            labels = labels_json(s)
-            by_text[(s.metric.name, labels)] = key
-            rows.append((s.plugin, s.metric.name, s.metric.kind, labels, s.created))
-        # RETURNING gives its rows in no set order: each names its own series
-        for sid, metric, labels in insert_rows(db, _INSERT_SERIES, rows, _SERIES_CONFLICT):
-            key = by_text[(metric, labels)]
-            self.series_ids[key] = batch.series[key].sid = int(sid)
+            if not hasattr(s, "slot"):
+                s.slot = self.free
+            self.free = max(self.free, s.slot + 1)
+            rows.append((s.slot, s.plugin, s.metric.name, s.metric.kind, labels_json(s), s.created))
+        insert_rows(db, _INSERT_SERIES, rows)
+        for key in new:
+            self.series_ids[key] = batch.series[key].slot
         self._name_ids(batch)
         return new
 
-    def forget(self, batch: Batch, keys: Sequence[SeriesKey]) -> None:
-        """The ids of these series were rolled back with their transaction."""
+    def forget(self, keys: Sequence[SeriesKey]) -> None:
+        """These series were rolled back with their transaction (their objects keep their
+        slots, under which the next flush inserts them again)."""
         for key in keys:
             self.series_ids.pop(key, None)
-            batch.series[key].sid = None
 
     def write(self, db: sqlite3.Connection, batch: Batch, levels: Mapping[int, Level]) -> None:
         """Every resolution's changes (``batch.levels()``) into ``buckets``, and the touched
         totals."""
-        slots = batch.slots
         for res, (counts, gauges) in levels.items():
             if counts:
-                keys = list(counts)
-                values: list[Any] = [res] * (4 * len(keys))
-                values[1::4] = [key // SLOTS for key in keys]
-                values[2::4] = [slots[key % SLOTS].sid for key in keys]
-                values[3::4] = counts.values()
-                insert_flat(db, _UPSERT_COUNTS[0], 4, values, _UPSERT_COUNTS[1])
+                values: list[Any] = [0] * (2 * len(counts))
+                values[0::2] = counts.keys()
+                values[1::2] = counts.values()
+                upsert_level(db, _UPSERT_COUNTS, res, 2, values)
             if gauges:
-                rows = []
-                for key, g in gauges.items():
-                    slot, start = split_key(key)
-                    rows.append((res, start, slots[slot].sid, g.value, g.ts, g.msg_id))
-                insert_rows(db, _UPSERT_GAUGES[0], rows, _UPSERT_GAUGES[1])
+                values = [0] * (4 * len(gauges))
+                values[0::4] = gauges.keys()
+                candidates = gauges.values()
+                values[1::4] = [g.value for g in candidates]
+                values[2::4] = [g.ts for g in candidates]
+                values[3::4] = [g.msg_id for g in candidates]
+                upsert_level(db, _UPSERT_GAUGES, res, 4, values)
         sid = self.series_ids
         insert_rows(
             db,
@@ -245,8 +274,8 @@ class Counts:
         them: they were never loaded from the store)."""
         for name, labels, _, _ in chain(batch.counter_deltas, batch.gauge_candidates):
             s = batch.series[(name, labels)]
-            if s.sid is None:
-                s.sid = self.series_ids[(name, labels)]
+            if not hasattr(s, "slot"):
+                s.slot = self.series_ids[(name, labels)]
 
     @staticmethod
     def prune(db: sqlite3.Connection, resolution: int, before: int) -> int:

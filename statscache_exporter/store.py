@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from itertools import chain
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 from statscache_exporter.aggregate import Batch, GaugeValue, Series, SeriesKey, split_key
 from statscache_exporter.counts import SCHEMA as COUNTS_SCHEMA
@@ -213,15 +213,7 @@ class Store:
                 base = batch.resolutions[0]
                 if self.hooks:
                     counts, gauges = levels[base]
-                    slots = batch.slots
-                    # every series has its id by now (insert_series)
-                    touched = cast(
-                        list[tuple[int, int]],
-                        [
-                            (slots[slot].sid, start)
-                            for slot, start in map(split_key, chain(counts, gauges))
-                        ],
-                    )
+                    touched = [split_key(key) for key in chain(counts, gauges)]
                     for hook in self.hooks:
                         hook.before_write(db, base, self._pruned_before.get(base), touched)
                 self.counts.write(db, batch, levels)
@@ -231,7 +223,7 @@ class Store:
                     for hook in self.hooks:
                         hook.after_write(db, self.counts.series_ids, described, now)
         except sqlite3.Error as exc:
-            self.counts.forget(batch, new)  # their ids were rolled back with the transaction
+            self.counts.forget(new)  # rolled back with the transaction
             for hook in self.hooks:
                 hook.rolled_back(self.db)
             raise StoreError(
@@ -301,7 +293,7 @@ class Store:
 
     def load(
         self, metrics: Mapping[str, tuple[str, Metric]]
-    ) -> tuple[dict[SeriesKey, Series], dict[SeriesKey, int | GaugeValue]]:
+    ) -> tuple[dict[SeriesKey, Series], dict[SeriesKey, int | GaugeValue], int]:
         return self.counts.load(metrics)
 
     def load_seen(self, into: SeenIds, window: Window) -> None:

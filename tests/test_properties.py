@@ -18,6 +18,7 @@ tries the same cases.
 from __future__ import annotations
 
 import json
+import sqlite3
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -46,6 +47,7 @@ from statscache_exporter.message import (
 from statscache_exporter.pipeline import Pipeline, open_pipeline
 from statscache_exporter.plugin import Counter as CounterMetric
 from statscache_exporter.plugin import Gauge, Output, Plugin
+from statscache_exporter.store import Store
 
 #: Quick, reproducible: a fixed seed per test, no example database, no timing health checks.
 QUICK = settings(
@@ -615,6 +617,67 @@ def test_bucket_keys_hold_any_time_a_message_can_carry_and_many_series() -> None
         for i in range(3_000)
         for res in RESOLUTIONS
     }
+
+
+def test_new_series_are_stored_under_their_slots_after_every_id_the_store_has(
+    tmp_path: Path,
+) -> None:
+    """A series' slot (the low part of its bucket keys) is its id in the store: the store
+    inserts a new series under it and splits the keys in SQL. New series are given ids above
+    every one the store has, also those of series it did not load (a metric no plugin declares
+    any more), whose rows stay as they were."""
+    gone = CounterMetric("prop_gone", "no longer declared", ("k",))
+    path = tmp_path / "s.sqlite"
+    store = Store(path)
+    agg = Aggregator(RESOLUTIONS, clock=lambda: 0.0)
+    agg.restore(*store.load({"prop_count": ("p", COUNT), "prop_gone": ("p", gone)}))
+    agg.add("p", COUNT, ("a",), 1, 10.5, "m1")
+    agg.add("p", LEVEL, ("a",), 3, 10.5, "m1")
+    agg.add("p", gone, ("x",), 7, 10.5, "m1")  # the highest id: not loaded next time
+    store.commit(agg.drain())
+    store.close()
+
+    store = Store(path)
+    agg = Aggregator(RESOLUTIONS, clock=lambda: 0.0)
+    agg.restore(*store.load({"prop_count": ("p", COUNT), "prop_level": ("p", LEVEL)}))
+    agg.add("p", COUNT, ("b",), 1, 20.5, "m2")
+    agg.add("p", COUNT, ("a",), 1, 20.5, "m2")
+    agg.add("p", LEVEL, ("b",), 5, 20.5, "m2")
+    store.commit(agg.drain())
+    store.close()
+
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT id, metric, labels FROM series ORDER BY id").fetchall() == [
+        (1, "prop_count", '{"k":"a"}'),
+        (2, "prop_level", '{"k":"a"}'),
+        (3, "prop_gone", '{"k":"x"}'),
+        (4, "prop_count", '{"k":"b"}'),
+        (5, "prop_level", '{"k":"b"}'),
+    ]
+    assert db.execute("SELECT series, value FROM totals ORDER BY series").fetchall() == [
+        (1, 2),
+        (2, 3.0),
+        (3, 7),
+        (4, 1),
+        (5, 5.0),
+    ]
+    buckets = "SELECT start, series, value, msg_id FROM buckets WHERE resolution = ? ORDER BY 1, 2"
+    assert db.execute(buckets, (1,)).fetchall() == [
+        (10, 1, 1, None),
+        (10, 2, 3.0, "m1"),
+        (10, 3, 7, None),
+        (20, 1, 1, None),
+        (20, 4, 1, None),
+        (20, 5, 5.0, "m2"),
+    ]
+    assert db.execute(buckets, (86400,)).fetchall() == [
+        (0, 1, 2, None),
+        (0, 2, 3.0, "m1"),
+        (0, 3, 7, None),
+        (0, 4, 1, None),
+        (0, 5, 5.0, "m2"),
+    ]
+    db.close()
 
 
 def run_keyed(keyed: list[tuple[tuple[str, int, int, int], int]], cuts: set[int]) -> dict[str, Any]:
