@@ -9,7 +9,7 @@ not count what it cannot read.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from statscache_exporter.message import Message
@@ -68,16 +68,23 @@ def whole(value: Any) -> int | None:
 def match_prefix(topic: str, prefixes: Mapping[str, str]) -> tuple[str, str] | None:
     """``(name, rest of the topic)`` for the longest of ``prefixes`` (topic prefix → name)
     that ``topic`` starts with, or None."""
-    best: str | None = None
-    for prefix in prefixes:
-        if topic.startswith(prefix) and (best is None or len(prefix) > len(best)):
-            best = prefix
+    best = _longest(topic, prefixes)
     if best is None:
         return None
     return prefixes[best], topic[len(best) :]
 
 
-def strip_prefix(topic: str, prefixes: tuple[str, ...]) -> str | None:
+def strip_prefix(topic: str, prefixes: Iterable[str]) -> str | None:
     """The rest of ``topic`` after the longest of ``prefixes`` it starts with, or None."""
-    found = match_prefix(topic, {p: p for p in prefixes})
-    return found[1] if found else None
+    best = _longest(topic, prefixes)
+    return None if best is None else topic[len(best) :]
+
+
+def _longest(topic: str, prefixes: Iterable[str]) -> str | None:
+    # called for every message its plugin is routed: no dict built, one pass (a dict of the
+    # prefixes a call was ~1.5% of a 200k-message profile)
+    best: str | None = None
+    for prefix in prefixes:
+        if topic.startswith(prefix) and (best is None or len(prefix) > len(best)):
+            best = prefix
+    return best

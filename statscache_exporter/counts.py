@@ -28,6 +28,7 @@ import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from functools import cache
 from itertools import chain
+from operator import attrgetter
 from typing import Any
 
 from statscache_exporter.aggregate import (
@@ -93,6 +94,7 @@ _UPSERT_GAUGES = (
 
 
 _INSERT_SERIES = "INSERT INTO series (id, plugin, metric, kind, labels, created)"
+_VALUE, _TS, _MSG_ID = attrgetter("value"), attrgetter("ts"), attrgetter("msg_id")
 
 
 @cache
@@ -250,9 +252,9 @@ class Counts:
                 values = [0] * (4 * len(gauges))
                 values[0::4] = gauges.keys()
                 candidates = gauges.values()
-                values[1::4] = [g.value for g in candidates]
-                values[2::4] = [g.ts for g in candidates]
-                values[3::4] = [g.msg_id for g in candidates]
+                values[1::4] = map(_VALUE, candidates)
+                values[2::4] = map(_TS, candidates)
+                values[3::4] = map(_MSG_ID, candidates)
                 upsert_level(db, _UPSERT_GAUGES, res, 4, values)
         sid = self.series_ids
         insert_rows(

@@ -488,9 +488,17 @@ def _headers(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+# isinstance's types as tuples made once: ``int | float | str`` is a new union at each call,
+# ~80 ns (timeit), on every message
+_TIMESTAMP_TYPES = (int, float, str)
+_LISTS = (list, tuple)
+
+
 def _epoch_timestamp(value: Any, key: str) -> tuple[datetime, float]:
     """The time of an epoch timestamp (or an ISO 8601 string in its place), and in seconds."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
+    if value.__class__ is not float and (
+        isinstance(value, bool) or not isinstance(value, _TIMESTAMP_TYPES)
+    ):
         raise Rejected("bad_timestamp", f"{key} is {value!r}")
     try:
         seconds = float(value)
@@ -499,7 +507,7 @@ def _epoch_timestamp(value: Any, key: str) -> tuple[datetime, float]:
     except ValueError:
         when = _iso_timestamp(value, key)
         return when, when.timestamp()
-    if not math.isfinite(seconds) or seconds < 0:
+    if not 0.0 <= seconds < math.inf:  # NaN too
         raise Rejected("bad_timestamp", f"{key} is {value!r}")
     try:
         when = datetime.fromtimestamp(seconds, UTC)
@@ -550,7 +558,7 @@ def _message_id(value: Any, key: str, topic: str, when: datetime, body: Mapping[
 
 def _string_list(value: Any) -> tuple[str, ...]:
     """The non-empty strings of a list, sorted and unique (names no UTF-8 can carry dropped)."""
-    if not isinstance(value, list | tuple):
+    if not isinstance(value, _LISTS):
         return ()
     if len(value) < 2:  # most messages name none or one (no generator for them)
         if not value:

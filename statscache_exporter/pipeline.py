@@ -70,6 +70,8 @@ if TYPE_CHECKING:
     from statscache_exporter.influx import InfluxSink
 
 log = logging.getLogger(__name__)
+#: what :func:`messages.read` takes, a tuple made once (a union in isinstance: at each call)
+_TEXT = (bytes, str)
 
 Outcome = Literal["processed", "duplicate", "rejected"]
 
@@ -309,7 +311,7 @@ class Pipeline:
     def _normalize(self, raw: Any, source: str) -> Message | None:
         """The message, or None when it is rejected (counted and logged)."""
         try:
-            if isinstance(raw, bytes | str):
+            if isinstance(raw, _TEXT):
                 message = messages.read(raw, self._environments, self._use_schemas)
             else:
                 message = messages.normalize(raw, self._environments, self._use_schemas)

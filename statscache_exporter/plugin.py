@@ -122,6 +122,10 @@ class Plugin:
         raise NotImplementedError
 
 
+#: a gauge's value types, a tuple made once (a union in isinstance is made at each call)
+_NUMBERS = (int, float)
+
+
 class Output:
     """What a plugin emits for one message, checked against its declarations.
 
@@ -183,7 +187,10 @@ class Output:
         decl = self._metrics.get(metric)
         if decl is None or decl.kind != "gauge":
             decl = self._declared(metric, "gauge")
-        if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        if (
+            value.__class__ is not float
+            and (isinstance(value, bool) or not isinstance(value, _NUMBERS))
+        ) or value != value:
             raise EmitError(
                 f"plugin {self._plugin!r}: gauge {metric!r} takes a number, got {value!r}"
             )

@@ -113,8 +113,11 @@ def _guarded(message: Any, prop: str) -> Any:
         return None
 
 
+_COLLECTIONS = (list, tuple, set, frozenset)  # made once: a union in isinstance is made each call
+
+
 def _names(value: Any) -> tuple[str, ...] | None:
-    if not isinstance(value, list | tuple | set | frozenset):
+    if not isinstance(value, _COLLECTIONS):
         return None
     return tuple(sorted({v for v in value if isinstance(v, str) and v and is_text(v)}))
 
