@@ -28,7 +28,7 @@ the end):
 
 5. with ``--latency`` (0.25 s by default), one more round of both walkers through a proxy that
    holds every request that long before forwarding it, standing for production's page time
-   (on loopback datagrepper's own CPU is the limit, which four windows at once cannot raise;
+   (on loopback datagrepper's own CPU is the limit, which four requests at once cannot raise;
    against a remote, slower datagrepper, concurrency hides the wait): the ratio there is the
    issue's target too.
 
@@ -466,7 +466,7 @@ def latency_markdown(lat: dict[str, Any], n: int) -> list[str]:
         "",
         f"Through a proxy adding {lat['latency_seconds'] * 1000:.0f} ms to every request "
         "(standing for production's page time, which concurrency can hide; on loopback "
-        "datagrepper's own CPU is the limit and four windows at once gain little):",
+        "datagrepper's own CPU is the limit and four requests at once gain little):",
         "",
         "| walker | s | messages/s | requests | right | exact |",
         "|---|---:|---:|---:|---:|---|",
@@ -648,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
         "--busy-seconds", type=int, default=8, help="seconds of 100-1,000 ties (8; ≤ 30%%)"
     )
     parser.add_argument("--rounds", type=int, default=3, help="default 3")
-    parser.add_argument("--concurrency", type=int, default=4, help="ours: windows at once (4)")
+    parser.add_argument("--concurrency", type=int, default=4, help="ours: requests at once (4)")
     parser.add_argument(
         "--window", type=float, default=600.0, help="ours: seconds a window (600, the default)"
     )

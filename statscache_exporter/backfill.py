@@ -7,9 +7,13 @@ What is missing (:func:`plan`): from the store's checkpoint ``covered_until`` (m
 a live source recorded in the store's ``gaps``; nothing before ``backfill.epoch``; with an empty
 store, only ``initial_backfill`` back (none by default). Ranges are merged.
 
-How (:class:`Backfill`): each range is cut into windows of ``backfill.window``; up to
-``concurrency`` windows are read at once with :class:`statscache_exporter.datagrepper.Datagrepper`
-(exact: each message once, despite datagrepper's paging). A request that gets no answer, a 429
+How (:class:`Backfill`): each range is cut into windows of ``backfill.window``, read with
+``concurrency`` requests at once to :class:`statscache_exporter.datagrepper.Datagrepper` (exact:
+each message once, despite datagrepper's paging). A window's first page says how many messages
+it holds; the rest of it is cut at whole seconds into spans of about a page each, read side by
+side, each exactly (:class:`_Reader`), the earliest window's first, and windows up to
+:data:`LOOKAHEAD` x ``concurrency`` ahead of the one being delivered meanwhile, so a window held
+up by a long request does not leave the others idle. A request that gets no answer, a 429
 or a 5xx is asked again on its own (up to :data:`REQUEST_ATTEMPTS` times, with backoff), so the
 window keeps what it has read; a window that fails all the same is read again from its start,
 with backoff, up to ``retries`` times. Windows are handed to the pipeline **in order**, each
@@ -22,11 +26,13 @@ the newest message's value) and the pipeline skips a message it already counted 
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, TextIO
@@ -41,6 +47,7 @@ from statscache_exporter.datagrepper import (
     Datagrepper,
     DatagrepperError,
     Item,
+    item_key,
 )
 from statscache_exporter.plugin import Plugin
 from statscache_exporter.sources.backoff import Backoff
@@ -314,7 +321,7 @@ class _RetryingDatagrepper(Datagrepper):
         self._stop = stop
         self._retried = retried
         self._stats = stats
-        #: the current run's abort (set by Backfill._fetch)
+        #: the current window's abort (set before each span it reads)
         self.abort: threading.Event = stop
 
     def raw(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -355,7 +362,6 @@ class Backfill:
         self._client = client or self._new_client
         self.progress: Progress = progress or LogProgress()
         self.stats = BackfillStats()
-        self._local = threading.local()
 
     def _new_client(self) -> Datagrepper:
         session = requests.Session()
@@ -399,37 +405,24 @@ class Backfill:
             return 0
         log.info("backfill: %d windows, %s", len(todo), ", ".join(map(str, ranges)))
         hand = (deliver or self.deliver, cover or self.cover)
-        abort = _Linked(self.stop)
-        with ThreadPoolExecutor(self.config.concurrency, thread_name_prefix="backfill") as pool:
-            pending: list[tuple[Range, Future[list[Item]]]] = []
-            try:
-                for window in todo:  # keep `concurrency` windows in flight, deliver in order
-                    pending.append((window, pool.submit(self._fetch, window, abort)))
-                    if len(pending) >= self.config.concurrency:
-                        self._deliver(*pending.pop(0), *hand)
-                while pending:
-                    self._deliver(*pending.pop(0), *hand)
-            except BackfillError as exc:
-                exc.remaining = merge(todo[todo.index(exc.window) :])
-                self._abort(abort, pending)
-                raise
-            except BaseException:
-                self._abort(abort, pending)
-                raise
+        reader = _Reader(self, _Linked(self.stop))
+        ahead = LOOKAHEAD * self.config.concurrency
+        opened: list[_Window] = []
+        try:
+            for i, window in enumerate(todo):  # windows read ahead, delivered in order
+                while len(opened) < min(len(todo), i + ahead):
+                    opened.append(reader.open(len(opened), todo[len(opened)]))
+                self._deliver(window, reader.result(opened[i]), *hand)
+        except BackfillError as exc:
+            exc.remaining = merge(todo[todo.index(exc.window) :])
+            raise
+        finally:
+            reader.close()
         self.progress(stats, done=True)
         log.info("backfill: done, %d messages", stats.messages - stats.messages_before)
         return stats.messages - stats.messages_before
 
-    @staticmethod
-    def _abort(abort: threading.Event, pending: list[tuple[Range, Future[list[Item]]]]) -> None:
-        abort.set()  # the other windows stop at their next request
-        for _, future in pending:
-            future.cancel()
-
-    def _deliver(
-        self, window: Range, future: Future[list[Item]], deliver: Deliver, cover: Cover
-    ) -> None:
-        items = future.result()
+    def _deliver(self, window: Range, items: list[Item], deliver: Deliver, cover: Cover) -> None:
         for item in items:
             deliver(item)
         cover(window.end)
@@ -439,37 +432,271 @@ class Backfill:
             self.stats.remaining_seconds -= window.end - window.start
         self.progress(self.stats)
 
-    def _fetch(self, window: Range, abort: threading.Event) -> list[Item]:
-        """One window, retried with backoff; each worker thread keeps its own client."""
-        client = getattr(self._local, "client", None)
-        if client is None:
-            client = self._local.client = self._client()
+
+#: windows read ahead of the one being delivered, per ``concurrency``: a window held up by a
+#: long request (a crowded second read whole) leaves the other threads later windows to read
+LOOKAHEAD = 2
+
+
+@dataclass
+class _Window:
+    """One window being read: the items of each span read so far (by the span's start, in
+    microseconds), the spans queued or being read, and, once done, its items or error."""
+
+    index: int
+    range: Range
+    abort: threading.Event
+    backoff: Backoff
+    attempt: int = 1
+    parts: dict[int, list[Item]] = field(default_factory=dict)
+    outstanding: int = 0
+    items: list[Item] | None = None
+    error: BaseException | None = None
+
+    def done(self) -> bool:
+        return self.items is not None or self.error is not None
+
+
+#: one span to read: (window index, span start, sequence) orders the queue; then the window,
+#: its attempt and the span ``[lo, hi)`` in microseconds
+_Task = tuple[int, int, int, _Window, int, int, int]
+
+
+class _Reader:
+    """The threads of one :meth:`Backfill.run`: ``concurrency`` of them, each making one
+    request at a time, so no more than that many are in flight.
+
+    A window is read span by span, each span exactly (the cursor of datagrepper.py): page 1
+    of the span says how many messages it holds (``total``); the messages before the whole
+    second of its last item are taken (all of a page that is not full; a crowded second is
+    read whole), and the rest of the span is cut at whole seconds into spans of about a page
+    each, queued to be read side by side. The spans of a window are disjoint and cover it, so
+    it is read exactly as datagrepper.py reads it, in fewer rounds of requests. The queue
+    serves the earliest window first (the next to deliver), the others fill idle threads.
+    A span whose request fails (after the client's own tries) fails its window's attempt:
+    the window is read again from its start, with backoff, up to ``retries`` times."""
+
+    def __init__(self, backfill: Backfill, abort: _Linked) -> None:
+        self.backfill = backfill
+        self.abort = abort
+        self.cond = threading.Condition()
+        self.queue: list[_Task] = []
+        self.seq = 0
+        self.closed = False
+        self.threads = [
+            threading.Thread(target=self._work, name=f"backfill_{n}", daemon=True)
+            for n in range(backfill.config.concurrency)
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def open(self, index: int, window: Range) -> _Window:
+        """Queue a window's first span: the whole window."""
+        w = _Window(index, window, _Linked(self.abort), self.backfill._backoff())
+        lo, hi = max(_micro(window.start), 1), _micro(window.end)
+        if lo >= hi:  # nothing after the epoch's first microsecond (see datagrepper.py)
+            w.items = []
+            return w
+        with self.cond:
+            self._queue(w, [(lo, hi)])
+        return w
+
+    def result(self, w: _Window) -> list[Item]:
+        """A window's items once it is read; raises its error."""
+        with self.cond:
+            while not w.done():
+                if self.abort.is_set():
+                    raise Cancelled(f"stopped while reading {w.range}")
+                self.cond.wait(0.5)
+        if w.error is not None:
+            raise w.error
+        assert w.items is not None
+        return w.items
+
+    def close(self) -> None:
+        """Stop the threads (those in a request finish it) and wait for them."""
+        self.abort.set()
+        with self.cond:
+            self.closed = True
+            self.queue.clear()
+            self.cond.notify_all()
+        for thread in self.threads:
+            thread.join()
+
+    def _queue(self, w: _Window, spans: list[tuple[int, int]]) -> None:
+        """Queue spans of ``w``'s current attempt (the lock held)."""
+        for lo, hi in spans:
+            self.seq += 1
+            heapq.heappush(self.queue, (w.index, lo, self.seq, w, w.attempt, lo, hi))
+        w.outstanding += len(spans)
+        self.cond.notify(len(spans))
+
+    def _work(self) -> None:
+        client = self.backfill._client()
+        while True:
+            with self.cond:
+                while not self.queue and not self.closed:
+                    self.cond.wait()
+                if self.closed:
+                    return
+                _, _, _, w, attempt, lo, hi = heapq.heappop(self.queue)
+            self._read(client, w, attempt, lo, hi)
+
+    def _read(self, client: Datagrepper, w: _Window, attempt: int, lo: int, hi: int) -> None:
+        """Read one span and queue the rest it leaves; a failure fails the window's attempt."""
+        if attempt != w.attempt or w.done():
+            return
         if isinstance(client, _RetryingDatagrepper):
-            client.abort = abort
-        backoff = self._backoff()
-        for attempt in range(1, self.config.retries + 1):
-            try:
-                return client.window(window.start, window.end, abort)
-            except DatagrepperError as exc:
-                self.stats.count("requests_failed")
-                if attempt == self.config.retries:
-                    raise BackfillError(
-                        f"backfill stopped: the window {window} failed {attempt} times, last: "
-                        f"{exc}; the checkpoint stays before it",
-                        window,
-                    ) from exc
-                wait = backoff.next()
-                log.warning(
-                    "backfill: window %s failed (%s); retry %d of %d in %.1f s",
-                    window,
-                    exc,
-                    attempt,
-                    self.config.retries - 1,
-                    wait,
+            client.abort = w.abort
+        try:
+            taken, rest = _read_span(client, lo, hi, w.abort)
+        except Cancelled as exc:
+            if self.abort.is_set():
+                self._finish(w, attempt, error=exc)
+            return  # else the attempt was given up: another read the window again
+        except DatagrepperError as exc:
+            self._failed(w, attempt, exc)
+            return
+        except BaseException as exc:
+            self._finish(w, attempt, error=exc)
+            return
+        with self.cond:
+            if attempt != w.attempt or w.done():
+                return
+            w.parts[lo] = taken
+            self._queue(w, rest)
+            w.outstanding -= 1
+            if not w.outstanding:
+                self._finish(w, attempt, items=_joined(w.parts))
+
+    def _finish(
+        self,
+        w: _Window,
+        attempt: int,
+        items: list[Item] | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        with self.cond:
+            if attempt == w.attempt and not w.done():
+                w.items, w.error = items, error
+                w.parts = {}
+                w.abort.set()  # the attempt's other spans stop at their next request
+                self.cond.notify_all()
+
+    def _failed(self, w: _Window, attempt: int, exc: DatagrepperError) -> None:
+        """A span failed: the window's attempt is given up; another after a backoff, from the
+        window's start, or the window's error after ``retries`` attempts."""
+        backfill, retries = self.backfill, self.backfill.config.retries
+        with self.cond:
+            if attempt != w.attempt or w.done():
+                return
+            backfill.stats.count("requests_failed")
+            if attempt == retries:
+                error = BackfillError(
+                    f"backfill stopped: the window {w.range} failed {attempt} times, last: "
+                    f"{exc}; the checkpoint stays before it",
+                    w.range,
                 )
-                if self.stop.wait(wait) or abort.is_set():
-                    raise Cancelled(f"stopped while retrying {window}") from exc
-        raise AssertionError("unreachable")
+                error.__cause__ = exc
+                self._finish(w, attempt, error=error)
+                return
+            w.abort.set()
+            w.attempt, w.parts, w.outstanding = attempt + 1, {}, 0
+            w.abort = _Linked(self.abort)
+        wait = w.backoff.next()
+        log.warning(
+            "backfill: window %s failed (%s); retry %d of %d in %.1f s",
+            w.range,
+            exc,
+            attempt,
+            retries - 1,
+            wait,
+        )
+        if backfill.stop.wait(wait) or self.abort.is_set():
+            self._finish(w, w.attempt, error=Cancelled(f"stopped while retrying {w.range}"))
+            return
+        with self.cond:
+            if not w.done():
+                self._queue(w, [(max(_micro(w.range.start), 1), _micro(w.range.end))])
+
+
+def _read_span(
+    client: Datagrepper, lo: int, hi: int, stop: threading.Event
+) -> tuple[list[Item], list[tuple[int, int]]]:
+    """Read the span ``[lo, hi)`` (microseconds) with one request (two for a crowded second):
+    the items of its start up to the next cursor (datagrepper.py's ``_advance``) and the spans
+    of the rest to read, about a page each by the page's ``total``. A span within one second
+    is read whole, as datagrepper.py reads a crowded second (one request without a page
+    limit, else by passes), which is one request whether it is crowded or not. A 502/504 on a
+    span longer than a second: nothing taken, its halves to read instead."""
+    if stop.is_set():
+        raise Cancelled("stopped")
+    if lo // US == (hi - 1) // US:
+        return client._crowded(lo, hi, [], stop), []
+    try:
+        page = client._page(lo, hi, 1, client.rows_per_page)
+    except DatagrepperError as exc:
+        if exc.status not in TIMEOUT_STATUSES or hi - lo <= US:
+            raise
+        client.split(lo, hi)
+        log.info(
+            "datagrepper %s gave HTTP %s for %.0f s, asking for its halves",
+            client.url,
+            exc.status,
+            (hi - lo) / US,
+        )
+        half = lo + (hi - lo) // 2
+        return [], [(lo, half), (half, hi)]
+    cursor, _, taken = client._advance(lo, hi, page.items, stop)
+    if cursor >= hi:
+        return taken, []
+    rows, tied = client.rows_per_page, len(page.items) - len(taken)
+    return taken, _pieces(lo, cursor, hi, len(taken), tied, page.total - len(taken), rows)
+
+
+def _pieces(
+    lo: int, cursor: int, hi: int, taken: int, tied: int, rest: int, rows: int
+) -> list[tuple[int, int]]:
+    """The rest ``[cursor, hi)`` of a span whose page 1 gave ``taken`` messages up to
+    ``cursor``, ``tied`` more in the cursor's second, and counted ``rest`` from the cursor on,
+    as spans to read, cut at whole seconds: as many equal ones as pages the rest fills. When
+    the rest holds over twice what the page's own density foretells, most of it is somewhere
+    in a few seconds, and the rest is cut by the density instead; when the page ended with
+    many ties (a quarter of a page), the cursor's second most likely holds it: that second
+    is then a span of its own. A span may still hold more than a page: it is cut again after its own
+    page 1. The counts are estimates (of when page 1 was read); the spans are exact."""
+    foretold = taken * (hi - cursor) // max(cursor - lo, 1)
+    if rest <= 2 * foretold + rows:
+        return _cut(cursor, hi, -(-rest // rows))
+    if 4 * tied < rows:
+        return _cut(cursor, hi, -(-foretold // rows))
+    second = min(hi, cursor // US * US + US)
+    return [(cursor, second), *_cut(second, hi, -(-foretold // rows))]
+
+
+def _cut(lo: int, hi: int, n: int) -> list[tuple[int, int]]:
+    """``[lo, hi)`` in ``n`` spans of about equal length (one at least, none of less than a
+    second but a last one), cut at whole seconds."""
+    if lo >= hi:
+        return []
+    n = min(max(1, n), max(1, (hi - lo) // US))
+    cuts = {(lo + (hi - lo) * j // n) // US * US for j in range(1, n)}
+    bounds = [lo, *sorted(c for c in cuts if lo < c < hi), hi]
+    return list(itertools.pairwise(bounds))
+
+
+def _joined(parts: dict[int, list[Item]]) -> list[Item]:
+    """A window's items from its spans' (disjoint, by start): each ``msg_id`` once (the first
+    row wins, as in datagrepper.py), in timestamp order."""
+    found: dict[str, Item] = {}
+    for lo in sorted(parts):
+        for item in parts[lo]:
+            found.setdefault(item_key(item), item)
+    return sorted(found.values(), key=lambda i: math.floor(i["timestamp"]))
+
+
+def _micro(seconds: float) -> int:
+    return round(seconds * US)
 
 
 class DatanommerBackfill:

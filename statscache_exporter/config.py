@@ -272,7 +272,7 @@ class BackfillConfig:
     enabled: bool = True
     url: str = "https://apps.fedoraproject.org/datagrepper"
     rows_per_page: int = 100
-    #: windows fetched at once
+    #: requests to datagrepper at once (a window's spans and the next windows')
     concurrency: int = 4
     #: time covered by one window (its requests are sized by datagrepper's answers)
     window: timedelta = timedelta(minutes=10)

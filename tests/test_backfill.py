@@ -59,6 +59,7 @@ from statscache_exporter.backfill import (
     GapFiller,
     LogProgress,
     Range,
+    _pieces,
     plan,
     windows,
 )
@@ -489,6 +490,58 @@ def test_a_backfill_through_a_pipeline_counts_what_was_inserted(
     assert got == dict(by_category)
     assert pipeline.store.covered_until() == datetime.fromtimestamp(data.end, UTC)
     assert set(pipeline.store.dump()["seen"]) == set(data.stored)
+
+
+@integration
+def test_the_spans_of_one_window_are_read_side_by_side_each_message_once(
+    data: Dataset, proxy: Proxy
+) -> None:
+    """One window of an hour (the crowded second, fractional times, ties): after its first
+    page, the rest of it is asked for in spans at once. Every span after the first waits at
+    the proxy's gate until two of them are waiting together; then each message comes once."""
+    end = data.start + HOUR
+    proxy.gate_from, proxy.gate_until = data.start + 0.5, end  # all but the window's page 1
+    rec = Recorder()
+    settings = backfill_config(proxy.url, window=timedelta(hours=1), concurrency=4)
+    backfill = Backfill(settings, rec.deliver, rec.cover)
+    returned: list[int] = []
+    thread = threading.Thread(
+        target=lambda: returned.append(backfill.run([Range(data.start, end)]))
+    )
+    thread.start()
+
+    def waiting() -> int:
+        with proxy.lock:
+            return sum(1 for p in proxy.requests if float(p["start"]) >= proxy.gate_from)
+
+    try:
+        wait_for(lambda: waiting() >= 2, "two spans of the window asked for at once")
+    finally:
+        proxy.open_gate()
+        thread.join(timeout=DEADLINE)
+    ids = [i["msg_id"] for i in rec.items]
+    assert [k for k, n in Counter(ids).items() if n > 1] == []
+    assert set(ids) == data.ids_before(end) and returned == [len(ids)]
+    assert data.crowded < end and rec.covered == [end]
+    assert_delivered_in_windows(rec, data, [Range(data.start, end)])
+    assert backfill.stats.requests == len(proxy.requests)
+
+
+def test_the_rest_of_a_span_is_cut_into_spans_that_tile_it_at_whole_seconds() -> None:
+    """However the counts come out, the spans to read after a page 1 are disjoint, in order,
+    cover the rest exactly and are cut at whole seconds (the window's own ends may not be)."""
+    rng = random.Random(7)
+    for _ in range(2000):
+        lo = rng.randrange(1, 10**6 * 10**4)
+        cursor = (lo // US + rng.randint(1, 900)) * US
+        hi = cursor + rng.choice([1, 500_000, US, 7 * US, 600 * US + 123, 3600 * US])
+        taken, tied = rng.randint(0, 100), rng.randint(0, 100)
+        rest = rng.choice([1, 50, 101, 1000, 20_000])
+        spans = _pieces(lo, cursor, hi, taken, tied, rest, 100)
+        assert spans[0][0] == cursor and spans[-1][1] == hi
+        assert all(a < b for a, b in spans)
+        assert all(b == c and b % US == 0 for (_, b), (c, _) in itertools.pairwise(spans))
+        assert len(spans) <= max(1, -(-rest // 100)) + 1
 
 
 # --- a datagrepper that fails ----------------------------------------------------------------
