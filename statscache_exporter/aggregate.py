@@ -337,10 +337,13 @@ class Aggregator:
     ) -> None:
         """Apply one emission of plugin ``plugin`` for message ``msg_id`` with time ``ts``."""
         self.plugin_of.setdefault(metric.name, plugin)
+        if metric.kind == "counter":
+            amount = int(amount)
         self.add_all([(metric, labels, amount, None)], ts, msg_id)
 
     def add_all(self, emissions: Iterable[Emission], ts: float, msg_id: str) -> None:
-        """Apply one message's emissions (of every plugin, whose metrics ``plugin_of`` names):
+        """Apply one message's emissions (of every plugin, whose metrics ``plugin_of`` names;
+        a counter's amount an int, as :class:`~statscache_exporter.plugin.Output` checks):
         each lands in the bucket of ``ts`` at the base interval and at the first roll-up, as
         a delta or a candidate."""
         base = self.base
@@ -356,10 +359,9 @@ class Aggregator:
                 if s is None:
                     s = self._new_series(metric, labels)
             bkey, rkey = bstart + s.slot, rstart + s.slot
-            if metric.kind == "counter":
-                count = int(amount)
-                counts[bkey] = counts.get(bkey, 0) + count
-                rolled[rkey] = rolled.get(rkey, 0) + count
+            if metric.kind == "counter":  # an int (Emission's type cannot say so by kind)
+                counts[bkey] = counts.get(bkey, 0) + amount  # type: ignore[assignment]
+                rolled[rkey] = rolled.get(rkey, 0) + amount  # type: ignore[assignment]
             else:
                 if candidate is None or candidate.value != amount:
                     candidate = GaugeValue(ts, msg_id, float(amount))

@@ -34,10 +34,13 @@ from array import array
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any
 
 #: seconds of message time per slot of the in-memory table (ids expire a slot at a time)
 SLOT = 60
+
+_FIRST, _SECOND = itemgetter(0), itemgetter(1)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -275,9 +278,9 @@ class Ledger:
 
         ids = changes.ids
         values: list[Any] = [now] * (4 * len(ids))  # (ts, msg_id, seq, stored_at) a row
-        values[0::4] = [int(ts) for ts, _ in ids.values()]
+        values[0::4] = map(int, map(_FIRST, ids.values()))  # no Python frame an id
         values[1::4] = ids
-        values[2::4] = [seq for _, seq in ids.values()]
+        values[2::4] = map(_SECOND, ids.values())
         insert_flat(db, "INSERT OR IGNORE INTO seen (ts, msg_id, seq, stored_at)", 4, values)
         if changes.covered_until is not None:
             self._advance_checkpoint(db, changes.covered_until)
