@@ -624,7 +624,7 @@ def _read_span(
     client: Datagrepper, lo: int, hi: int, stop: threading.Event
 ) -> tuple[list[Item], list[tuple[int, int]]]:
     """Read the span ``[lo, hi)`` (microseconds) with one request (two for a crowded second):
-    the items of its start up to the next cursor (datagrepper.py's ``_advance``) and the spans
+    the items of its start up to the next cursor (datagrepper.py's ``advance``) and the spans
     of the rest to read, about a page each by the page's ``total``. A span within one second
     is read whole, as datagrepper.py reads a crowded second (one request without a page
     limit, else by passes), which is one request whether it is crowded or not. A 502/504 on a
@@ -632,9 +632,9 @@ def _read_span(
     if stop.is_set():
         raise Cancelled("stopped")
     if lo // US == (hi - 1) // US:
-        return client._crowded(lo, hi, [], stop), []
+        return client.crowded(lo, hi, [], stop), []
     try:
-        page = client._page(lo, hi, 1, client.rows_per_page)
+        page = client.page(lo, hi, 1, client.rows_per_page)
     except DatagrepperError as exc:
         if exc.status not in TIMEOUT_STATUSES or hi - lo <= US:
             raise
@@ -647,7 +647,7 @@ def _read_span(
         )
         half = lo + (hi - lo) // 2
         return [], [(lo, half), (half, hi)]
-    cursor, _, taken = client._advance(lo, hi, page.items, stop)
+    cursor, _, taken = client.advance(lo, hi, page.items, stop)
     if cursor >= hi:
         return taken, []
     rows, tied = client.rows_per_page, len(page.items) - len(taken)

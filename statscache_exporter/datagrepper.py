@@ -102,7 +102,7 @@ class Cancelled(Exception):
 
 
 @dataclass(frozen=True)
-class _Page:
+class Page:
     """One checked ``/raw`` answer: its items and the ``total`` datagrepper counted."""
 
     items: list[Item]
@@ -169,16 +169,17 @@ class Datagrepper:
                 calm += 1
                 if calm >= CALM_REQUESTS and ceiling < longest:  # try longer ones again
                     ceiling, calm = min(longest, 2 * ceiling), 0
-            cursor, span, taken = self._advance(cursor, upper, items, stop)
+            cursor, span, taken = self.advance(cursor, upper, items, stop)
             span = min(span, ceiling)
             _collect(found, taken)
         return sorted(found.values(), key=_second_of)
 
-    def _advance(
+    def advance(
         self, cursor: int, upper: int, items: list[Item], stop: threading.Event | None
     ) -> tuple[int, int, list[Item]]:
         """After page 1 of ``[cursor, upper)``: the next cursor, the next span, and the items
-        of ``[cursor, next cursor)`` (see the module doc)."""
+        of ``[cursor, next cursor)`` (see the module doc). With :meth:`page` and
+        :meth:`crowded`, what the backfill's span reader (``backfill._read_span``) builds on."""
         if len(items) < self.rows_per_page:  # everything up to upper
             return upper, 2 * (upper - cursor), items
         cut = _second_of(items[-1]) * US
@@ -186,13 +187,13 @@ class Datagrepper:
             taken = [i for i in items if _second_of(i) * US < cut]
             return cut, max(2 * (cut - cursor), US), taken
         second_end = min(upper, cut + US)  # more than a page from the cursor to second_end
-        return second_end, upper - cursor, self._crowded(cursor, second_end, items, stop)
+        return second_end, upper - cursor, self.crowded(cursor, second_end, items, stop)
 
     def _first_page(self, lo: int, hi: int) -> tuple[list[Item], int]:
         """Page 1 of ``[lo, hi)`` and the ``hi`` it covers: on a 502/504, asked once more
         for the first half of the window (and that ``hi``)."""
         try:
-            return self._page(lo, hi, 1, self.rows_per_page).items, hi
+            return self.page(lo, hi, 1, self.rows_per_page).items, hi
         except DatagrepperError as exc:
             if exc.status not in TIMEOUT_STATUSES or hi - lo <= US:
                 raise
@@ -205,13 +206,13 @@ class Datagrepper:
                 (hi - lo) / US,
                 (half - lo) / US,
             )
-            return self._page(lo, half, 1, self.rows_per_page).items, half
+            return self.page(lo, half, 1, self.rows_per_page).items, half
 
     def split(self, lo: int, hi: int) -> None:
         """Told when the span ``[lo, hi)`` (microseconds) is asked for again in halves; a hook
         for counting."""
 
-    def _crowded(
+    def crowded(
         self, lo: int, hi: int, first: list[Item], stop: threading.Event | None
     ) -> list[Item]:
         """Every row of ``[lo, hi)``, within one second and holding more than a page (``first``:
@@ -219,7 +220,7 @@ class Datagrepper:
         if self._unlimited:
             _check(stop)
             try:
-                whole = self._page(lo, hi, 1, UNLIMITED)
+                whole = self.page(lo, hi, 1, UNLIMITED)
             except DatagrepperError as exc:
                 if exc.status is None:
                     raise
@@ -249,7 +250,7 @@ class Datagrepper:
             page, pages = 1, 1
             while page <= pages:
                 _check(stop)
-                answer = self._page(lo, hi, page, size)
+                answer = self.page(lo, hi, page, size)
                 rows.update((_row_key(i), i) for i in answer.items)
                 total, pages = answer.total, math.ceil(answer.total / size)
                 if len(rows) >= total:
@@ -273,7 +274,7 @@ class Datagrepper:
 
     # --- one request -----------------------------------------------------------------------
 
-    def _page(self, lo: int, hi: int, page: int, rows_per_page: int) -> _Page:
+    def page(self, lo: int, hi: int, page: int, rows_per_page: int) -> Page:
         """Page ``page`` (from 1, ascending) of ``[lo, hi)`` in microseconds, checked;
         ``rows_per_page`` :data:`UNLIMITED`: every row."""
         return self._checked(self._params(lo, hi, page, rows_per_page))
@@ -290,7 +291,7 @@ class Datagrepper:
             params["category"] = list(self.categories)
         return params
 
-    def _checked(self, params: Mapping[str, Any]) -> _Page:
+    def _checked(self, params: Mapping[str, Any]) -> Page:
         answer = self.raw(params)
         items, total = answer.get("raw_messages"), answer.get("total")
         if (
@@ -307,7 +308,7 @@ class Datagrepper:
             raise DatagrepperError(
                 f"{self.url}/raw", params, 200, f"items not in ascending time: {seconds[:20]}"
             )
-        return _Page(items, total)
+        return Page(items, total)
 
     def raw(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """One ``GET <url>/raw`` with exactly ``params`` (a list value repeats the parameter),
