@@ -63,7 +63,9 @@ class Message:
     """A bus message in one shape, whatever it arrived as. Immutable.
 
     ``timestamp`` is timezone-aware UTC; ``epoch`` is the same instant in seconds, which the
-    aggregation uses for bucketing (computed from ``timestamp`` when not given).
+    aggregation uses for bucketing (computed from ``timestamp`` when not given). :func:`read`
+    gives an epoch timestamp as its seconds, whose datetime is made when first asked for
+    (nothing in the pipeline asks; the bundled plugins read ``epoch``).
     ``usernames`` and ``packages`` are sorted and unique.
 
     A plain class with slots rather than a frozen dataclass: built once per message, it costs
@@ -76,19 +78,19 @@ class Message:
 
     __slots__ = (
         "_body",
+        "_when",
         "agent",
         "category",
         "epoch",
         "headers",
         "id",
         "packages",
-        "timestamp",
         "topic",
         "usernames",
     )
     id: str
     topic: str
-    timestamp: datetime
+    _when: datetime | float
     _body: Mapping[str, Any] | msgspec.Raw
     headers: Mapping[str, Any]
     category: str | None
@@ -101,7 +103,7 @@ class Message:
         self,
         id: str,
         topic: str,
-        timestamp: datetime,
+        timestamp: datetime | float,
         body: Mapping[str, Any] | msgspec.Raw,
         headers: Mapping[str, Any],
         category: str | None,
@@ -112,14 +114,25 @@ class Message:
     ) -> None:
         _SET_ID(self, id)
         _SET_TOPIC(self, topic)
-        _SET_TIMESTAMP(self, timestamp)
+        if epoch is None:  # (a float ``timestamp`` comes with its epoch, from read)
+            assert isinstance(timestamp, datetime)
+            epoch = timestamp.timestamp()
+        _SET_WHEN(self, timestamp)
         _SET_BODY(self, body)
         _SET_HEADERS(self, headers)
         _SET_CATEGORY(self, category)
         _SET_USERNAMES(self, usernames)
         _SET_PACKAGES(self, packages)
         _SET_AGENT(self, agent)
-        _SET_EPOCH(self, timestamp.timestamp() if epoch is None else epoch)
+        _SET_EPOCH(self, epoch)
+
+    @property
+    def timestamp(self) -> datetime:
+        when = self._when
+        if when.__class__ is float:  # an epoch timestamp's seconds (see above)
+            when = datetime.fromtimestamp(when, UTC)
+            _SET_WHEN(self, when)
+        return when  # type: ignore[return-value]
 
     @property
     def body(self) -> Mapping[str, Any]:
@@ -165,7 +178,7 @@ _FIELDS = (
 # the slots' own setters: what __init__ writes through (its __setattr__ refuses)
 _SET_ID = Message.__dict__["id"].__set__
 _SET_TOPIC = Message.__dict__["topic"].__set__
-_SET_TIMESTAMP = Message.__dict__["timestamp"].__set__
+_SET_WHEN = Message.__dict__["_when"].__set__
 _SET_BODY = Message.__dict__["_body"].__set__
 _SET_HEADERS = Message.__dict__["headers"].__set__
 _SET_CATEGORY = Message.__dict__["category"].__set__
@@ -274,7 +287,7 @@ def read(
     headers = _headers(env.headers)
     timestamp = None if env.timestamp is _UNSET else env.timestamp
     when, epoch = _epoch_timestamp(timestamp, "timestamp")
-    msg_id = _message_id(env.msg_id, "msg_id", topic, when, {})
+    msg_id = _message_id(env.msg_id, "msg_id", topic, epoch, {})
     return _build(msg_id, topic, when, epoch, msg, headers, environments, use_schemas, carried)
 
 
@@ -288,8 +301,9 @@ def _read_v2(
     topic = _topic(None if env.topic is _UNSET else env.topic)
     headers = _headers(env.headers)
     when = _iso_timestamp(headers.get("sent-at"), "headers.sent-at")
-    msg_id = _message_id(env.id, "id", topic, when, {})
-    return _build(msg_id, topic, when, when.timestamp(), body, headers, environments, use_schemas)
+    epoch = when.timestamp()
+    msg_id = _message_id(env.id, "id", topic, epoch, {})
+    return _build(msg_id, topic, when, epoch, body, headers, environments, use_schemas)
 
 
 def _decode_object(raw: msgspec.Raw) -> dict[str, Any]:
@@ -344,14 +358,14 @@ def from_datagrepper_raw(
 
 def _envelope(
     env: Mapping[str, Any],
-) -> tuple[str, str, datetime, float, Mapping[str, Any], Mapping[str, Any]]:
+) -> tuple[str, str, datetime | float, float, Mapping[str, Any], Mapping[str, Any]]:
     """id, topic, time (and in seconds), body and headers of a fedmsg envelope (or a /raw
     item, which is one)."""
     topic = _topic(env.get("topic"))
     body = _body(env.get("msg"), "msg")
     headers = _headers(env.get("headers"))
     when, epoch = _epoch_timestamp(env.get("timestamp"), "timestamp")
-    msg_id = _message_id(env.get("msg_id"), "msg_id", topic, when, body)
+    msg_id = _message_id(env.get("msg_id"), "msg_id", topic, epoch, body)
     return msg_id, topic, when, epoch, body, headers
 
 
@@ -366,8 +380,9 @@ def from_datagrepper_v2(
     body = _body(item.get("body"), "body")
     headers = _headers(item.get("headers"))
     when = _iso_timestamp(headers.get("sent-at"), "headers.sent-at")
-    msg_id = _message_id(item.get("id"), "id", topic, when, body)
-    return _build(msg_id, topic, when, when.timestamp(), body, headers, environments, use_schemas)
+    epoch = when.timestamp()
+    msg_id = _message_id(item.get("id"), "id", topic, epoch, body)
+    return _build(msg_id, topic, when, epoch, body, headers, environments, use_schemas)
 
 
 def from_fedora_messaging(
@@ -387,7 +402,7 @@ def from_fedora_messaging(
     topic = _topic(item["topic"])
     body = _body(item["body"], "body")
     when = _iso_timestamp(headers.get("sent-at"), "headers.sent-at")
-    msg_id = _message_id(item["id"], "id", topic, when, body)
+    msg_id = _message_id(item["id"], "id", topic, when.timestamp(), body)
     carried = _carried_from_headers(headers)
     if use_schemas:
         wanted = (carried.usernames is None, carried.packages is None, carried.agent is None)
@@ -418,7 +433,7 @@ class _Carried(NamedTuple):
 def _build(
     msg_id: str,
     topic: str,
-    when: datetime,
+    when: datetime | float,
     epoch: float,
     body: Mapping[str, Any] | msgspec.Raw,
     headers: Mapping[str, Any],
@@ -494,8 +509,16 @@ _TIMESTAMP_TYPES = (int, float, str)
 _LISTS = (list, tuple)
 
 
-def _epoch_timestamp(value: Any, key: str) -> tuple[datetime, float]:
-    """The time of an epoch timestamp (or an ISO 8601 string in its place), and in seconds."""
+#: the last whole second a datetime holds, 9999-12-31T23:59:59Z
+_LAST_SECOND = 253_402_300_799
+
+
+def _epoch_timestamp(value: Any, key: str) -> tuple[datetime | float, float]:
+    """The time of an epoch timestamp (or an ISO 8601 string in its place), and that instant
+    in seconds. An epoch's time is its seconds, a float, which :attr:`Message.timestamp` makes
+    a datetime of when first asked (``datetime.fromtimestamp``); its instant is what that
+    datetime's ``timestamp()`` would give, computed as it is: the microseconds rounded half to
+    even (tests/test_message.py compares the two on 2,000,000 values and the edges)."""
     if value.__class__ is not float and (
         isinstance(value, bool) or not isinstance(value, _TIMESTAMP_TYPES)
     ):
@@ -509,11 +532,13 @@ def _epoch_timestamp(value: Any, key: str) -> tuple[datetime, float]:
         return when, when.timestamp()
     if not 0.0 <= seconds < math.inf:  # NaN too
         raise Rejected("bad_timestamp", f"{key} is {value!r}")
-    try:
-        when = datetime.fromtimestamp(seconds, UTC)
-    except (OverflowError, OSError, ValueError):
-        raise Rejected("bad_timestamp", f"{key} {value!r} is out of range") from None
-    return when, when.timestamp()
+    fraction, whole = math.modf(seconds)
+    micros = round(fraction * 1e6)  # an int, half to even
+    if micros == 1_000_000:
+        whole, micros = whole + 1.0, 0
+    if whole > _LAST_SECOND:
+        raise Rejected("bad_timestamp", f"{key} {value!r} is out of range")
+    return seconds, (int(whole) * 1_000_000 + micros) / 1_000_000
 
 
 def _iso_timestamp(value: Any, key: str) -> datetime:
@@ -533,12 +558,13 @@ def _iso_timestamp(value: Any, key: str) -> datetime:
     return when
 
 
-def _message_id(value: Any, key: str, topic: str, when: datetime, body: Mapping[str, Any]) -> str:
+def _message_id(value: Any, key: str, topic: str, epoch: float, body: Mapping[str, Any]) -> str:
     """The message's id; a message without one (old fedmsg test envelopes) gets a stable
-    ``sha256:`` id of its topic, time and body, so that replaying it twice still dedups."""
+    ``sha256:`` id of its topic, time (``epoch``) and body, so that replaying it twice still
+    dedups."""
     if value is None:
         try:
-            canonical = json.dumps([topic, when.timestamp(), body], sort_keys=True, default=str)
+            canonical = json.dumps([topic, epoch, body], sort_keys=True, default=str)
         except RecursionError:
             # JSON parsers stop near 1,000 levels, a message built in Python may go deeper
             raise Rejected(

@@ -10,7 +10,9 @@ from __future__ import annotations
 import copy
 import json
 import math
+import random
 import re
+import struct
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,6 +25,7 @@ from fedora_messaging import message as fm_message
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from statscache_exporter import message as message_module
 from statscache_exporter import schemas
 from statscache_exporter.message import (
     REJECT_REASONS,
@@ -740,6 +743,76 @@ def test_timestamps(obj: dict[str, Any], expected: datetime) -> None:
     assert m.timestamp.utcoffset() == timedelta(0)
     assert m.timestamp.replace(tzinfo=None) == expected.replace(tzinfo=None)
     assert m.epoch == expected.timestamp()
+
+
+def epoch_values(n: int, seed: int) -> list[float]:
+    """Epoch timestamps as messages carry them and beyond: to the second, the millisecond and
+    more digits, whole seconds with a fraction near half a microsecond, any double from 1 to
+    2^40 by its bits, and the edges of the epoch, of rounding and of year 9999."""
+    rng = random.Random(seed)
+    values = [0.0, -0.0, 1e-7, 4.9999e-7, 5e-7, 5.000001e-7, 1.5e-6, 2.5e-6, 0.9999995, 0.99999949]
+    values += [
+        253_402_300_799.0,
+        253_402_300_799.999999,
+        253_402_300_799.9999995,
+        253_402_300_800.0,
+    ]
+    for _ in range(n):
+        r = rng.random()
+        if r < 0.3:
+            values.append(rng.uniform(0, 2e9))
+        elif r < 0.5:
+            values.append(rng.uniform(0, 2.6e11))
+        elif r < 0.7:
+            values.append(round(rng.uniform(1e9, 2e9), rng.randrange(0, 8)))
+        elif r < 0.8:
+            near = [0.5e-6, 1.5e-6, 2.5e-6, 0.9999995, 0.0000005, 0.4999995]
+            values.append(float(rng.randrange(0, 2**38)) + rng.choice(near))
+        else:
+            bits = rng.randrange(0x3FF0000000000000, 0x4270000000000000)
+            values.append(struct.unpack("d", struct.pack("Q", bits))[0])
+    return values
+
+
+def test_an_epoch_timestamp_is_the_instant_datetime_gives_and_its_datetime_is_made_on_demand() -> (
+    None
+):
+    """read() keeps an epoch timestamp's seconds and computes their instant (the bucketing's
+    ``epoch``) without a datetime: it must be exactly what ``datetime.fromtimestamp(seconds,
+    UTC).timestamp()`` gives (microseconds, rounded half to even), the same values rejected,
+    and the message's ``timestamp`` that datetime."""
+    mismatches = []
+    for value in epoch_values(2_000_000, seed=5):
+        try:
+            expected: datetime | None = datetime.fromtimestamp(value, UTC)
+        except (OverflowError, OSError, ValueError):
+            expected = None
+        try:
+            when, epoch = message_module._epoch_timestamp(value, "timestamp")
+        except Rejected as exc:
+            assert exc.reason == "bad_timestamp"
+            got: tuple[Any, ...] | None = None
+        else:
+            got = (when, epoch)
+        if expected is None or got is None:
+            if (expected is None) != (got is None):
+                mismatches.append((value, expected, got))
+        elif got[1] != expected.timestamp():
+            mismatches.append((value, expected.timestamp(), got[1]))
+    assert mismatches == []
+    line = json.dumps(
+        {
+            "topic": "org.fedoraproject.prod.x.y",
+            "msg_id": "m1",
+            "msg": {},
+            "timestamp": 1504643075.4999995,
+        }
+    )
+    m = read(line)
+    assert m.timestamp == datetime.fromtimestamp(1504643075.4999995, UTC)
+    assert m.timestamp is m.timestamp  # made once
+    assert m.epoch == m.timestamp.timestamp() == 1504643075.5
+    assert m == normalize(json.loads(line))
 
 
 # --- 7. schema guarding ----------------------------------------------------------------
