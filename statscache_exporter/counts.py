@@ -28,6 +28,7 @@ import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from functools import cache
 from itertools import chain
+from json.encoder import encode_basestring_ascii as _string
 from operator import attrgetter
 from typing import Any
 
@@ -162,8 +163,15 @@ def upsert_level(
 
 
 def labels_json(series: Series) -> str:
-    """Canonical text of a series' labels: JSON with sorted keys, no spaces."""
-    return json.dumps(series.label_dict(), sort_keys=True, separators=(",", ":"))
+    """Canonical text of a series' labels: JSON with sorted keys, no spaces, ASCII: what
+    ``json.dumps(labels, sort_keys=True, separators=(",", ":"))`` writes, put together from
+    each name and value's JSON string (a seventh of its time for one label, half for four,
+    timeit; part of a new series' cost; tests/test_counts_statements.py compares the two)."""
+    names, values = series.metric.labels, series.labels
+    if len(names) == 1:
+        return "{" + _string(names[0]) + ":" + _string(values[0]) + "}"
+    pairs = sorted(zip(names, values, strict=True))
+    return "{" + ",".join([_string(k) + ":" + _string(v) for k, v in pairs]) + "}"
 
 
 class Counts:

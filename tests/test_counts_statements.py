@@ -3,12 +3,17 @@ statement cache holds a few statements a table, not one per flush), every row wr
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from statscache_exporter import counts
+from statscache_exporter.aggregate import Series
 from statscache_exporter.counts import insert_rows, statement_sizes
+from statscache_exporter.plugin import Counter
 
 
 def test_sizes_are_full_statements_then_powers_of_two_of_the_rest() -> None:
@@ -47,3 +52,20 @@ def test_insert_rows_writes_each_row_once_and_returns_what_each_statement_return
     assert db.execute("SELECT a, b FROM t ORDER BY a").fetchall() == rows
     per = counts.PARAMETERS_PER_STATEMENT // 2
     assert len(prepared) == len(set(statement_sizes(12_345, per)))
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.dictionaries(
+        st.text(min_size=1, max_size=12),
+        st.text(max_size=40),  # any Unicode: quotes, backslashes, controls, astral planes
+        max_size=4,
+    )
+)
+def test_labels_json_is_what_json_dumps_writes(labels: dict[str, str]) -> None:
+    """The store's labels text (its series' identity, UNIQUE (metric, labels), and what the
+    REST reader matches) is put together by hand: byte for byte json.dumps' canonical form."""
+    names = tuple(labels)
+    series = Series("p", Counter("c", "c", names), tuple(labels[n] for n in names))
+    expected = json.dumps(labels, sort_keys=True, separators=(",", ":"))
+    assert counts.labels_json(series) == expected
