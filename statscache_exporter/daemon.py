@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from statscache_exporter import restapi
 from statscache_exporter.backfill import (
@@ -43,13 +43,15 @@ from statscache_exporter.config import (
     ReplaySourceConfig,
 )
 from statscache_exporter.exposition import Exposition
-from statscache_exporter.influx import InfluxSink
 from statscache_exporter.pipeline import Pipeline, influx_sink_for, open_pipeline, series_ttls
 from statscache_exporter.reader import Reader
 from statscache_exporter.selfmetrics import SelfMetrics
 from statscache_exporter.sources import Ack, Source, SourceContext
 from statscache_exporter.sources.replay import ReplaySource
 from statscache_exporter.web import App, Context, WebServer
+
+if TYPE_CHECKING:  # imported only with influxdb.enabled (pipeline.influx_sink_for)
+    from statscache_exporter.influx import InfluxSink
 
 log = logging.getLogger(__name__)
 

@@ -12,13 +12,16 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from statscache_exporter.backfill import BackfillStats
-from statscache_exporter.influx import InfluxSink
 from statscache_exporter.pipeline import Pipeline
 from statscache_exporter.reader import Reader
+
+if TYPE_CHECKING:  # not imported at run time: influxdb-client's ~550 modules are ~10 MB
+    from statscache_exporter.influx import InfluxSink
 
 
 def store_size(path: Path) -> int:
