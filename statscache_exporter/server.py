@@ -25,7 +25,7 @@ import socket
 import ssl
 import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -38,11 +38,16 @@ from statscache_exporter.config import HttpConfig
 log = logging.getLogger(__name__)
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
-_Answer = tuple[int, list[tuple[str, str]], bytes]
+#: status, headers, and the body as the app's own chunks (not joined: a copy of each body)
+_Answer = tuple[int, list[tuple[str, str]], list[bytes]]
 #: how long stop() waits for answers in flight before it closes their connections
 GRACE_SECONDS = 2.0
 #: most headers a request may have (as Python's http.server allowed)
 MAX_HEADERS = 100
+#: the most body bytes handed to hypercorn at once. Each send is written and drained before
+#: the next, so a large answer (/metrics: ~6 MB at 100k series) never sits whole a second time
+#: in the transport's buffer, which copies what the socket does not take at once.
+SEND_BYTES = 256 * 1024
 
 
 def listen(address: str, port: int) -> socket.socket:
@@ -143,7 +148,9 @@ class AsgiBridge:
                 "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers],
             }
         )
-        await send({"type": "http.response.body", "body": answer})
+        for piece in pieces(answer, SEND_BYTES):
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     def _over_limits(self, scope: Any) -> tuple[int, str] | None:
         """505 for an HTTP version other than 1.0, 1.1 and 2; 414 or 431 for a request head
@@ -192,17 +199,30 @@ class AsgiBridge:
         try:
             result = self.app(env, start_response)
             try:
-                body = b"".join(result)
+                body = [bytes(chunk) for chunk in result]  # the same objects when bytes already
             finally:
                 close = getattr(result, "close", None)
                 if close is not None:
                     close()
         except Exception:
             log.exception("error serving %s", env.get("PATH_INFO"))
-            body = b"internal error\n"
+            body = [b"internal error\n"]
             got = {"status": 500, "headers": [("Content-Type", "text/plain")]}
-            got["headers"].append(("Content-Length", str(len(body))))
+            got["headers"].append(("Content-Length", str(len(body[0]))))
         return got["status"], list(got["headers"]), body
+
+
+def pieces(chunks: Iterable[bytes], size: int) -> Iterator[bytes | memoryview]:
+    """The chunks in pieces of at most ``size`` bytes (views of them, not copies); none for an
+    empty body."""
+    for chunk in chunks:
+        if len(chunk) <= size:
+            if chunk:
+                yield chunk
+            continue
+        view = memoryview(chunk)
+        for start in range(0, len(chunk), size):
+            yield view[start : start + size]
 
 
 def _refusal(status: int, text: str) -> _Answer:
@@ -213,7 +233,7 @@ def _refusal(status: int, text: str) -> _Answer:
         limit = " (http.max_header_bytes)"
     answer = f"{text}{limit}\n".encode()
     headers = [("Content-Type", "text/plain; charset=utf-8"), ("Connection", "close")]
-    return status, [*headers, ("Content-Length", str(len(answer)))], answer
+    return status, [*headers, ("Content-Length", str(len(answer)))], [answer]
 
 
 def _quiet_cancellations(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
