@@ -383,9 +383,8 @@ class Aggregator:
             found = self.series.get((name, labels))
             if found is not None:
                 return found
-        s = self.series[(name, labels)] = self._slotted(
-            Series(plugin, metric, labels, self.clock())
-        )
+        s = self._slotted(Series(plugin, metric, labels, self.clock()))
+        self.series[s.key] = s  # its own key tuple, not an equal one more (56 bytes a series)
         self.series_per_metric[name] += 1
         return s
 
