@@ -313,16 +313,19 @@ class Aggregator:
     ) -> None:
         """Start from what the store holds, so counters go on from their stored totals: its
         series (each in the slot of its id) and their totals; ``free``: the lowest id above
-        every one the store has, where the slots of new series start."""
+        every one the store has, where the slots of new series start. A series without a slot
+        (made by hand, not loaded) is given the next one, as a new series would be."""
         slots = self.slots
-        for s in series.values():
-            free = max(free, s.slot + 1)
+        stored = [s for s in series.values() if hasattr(s, "slot")]
+        free = max([free, len(slots), *(s.slot + 1 for s in stored)])
         if free > SLOTS:
             raise OverflowError(f"series id {free - 1} is beyond {SLOTS - 1}")
         slots.extend([None] * (free - len(slots)))
-        for key, s in series.items():
+        for s in stored:
             assert slots[s.slot] is None, f"two series in slot {s.slot}"
-            self.series[key] = slots[s.slot] = s
+            slots[s.slot] = s
+        for key, s in series.items():
+            self.series[key] = s if hasattr(s, "slot") else self._slotted(s)
         self.totals.update(totals)
         self.series_per_metric = Counter(name for name, _ in self.series)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
 import sys
 from collections import Counter
 from datetime import datetime
@@ -358,3 +359,29 @@ def test_report_rows_of_a_history_run_carry_its_growth_tenths_memory_and_store()
         (name, "store on disk, 10,000,000 messages", "1,000.0 MB", "105 bytes a message", "-",
          "-", "-"),
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["pipeline.py", "--sizes", "500", "1000"],
+        ["metrics_render.py", "--series", "200", "--repeat", "1"],
+    ],
+    ids=["pipeline", "metrics_render"],
+)
+def test_the_benchmarks_without_servers_run_through_at_a_tiny_size(
+    argv: list[str], tmp_path: Path
+) -> None:
+    """make bench runs them at full size only: a change to what they build on (the
+    aggregator's restore broke metrics_render once) shows here, in seconds. Each writes its
+    figures as JSON and exits 0 (its own correctness checks passed)."""
+    out = tmp_path / "figures.json"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / argv[0]), *argv[1:], "--json", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(out.read_text())
