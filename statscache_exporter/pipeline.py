@@ -137,11 +137,20 @@ def enabled_plugins(config: Config, available: Mapping[str, type[Plugin]]) -> li
     return chosen
 
 
+#: topics whose emissions a ``topic_only`` plugin's runner keeps (the bus has a few thousand;
+#: made-up ones must not grow it without bound)
+TOPICS_REMEMBERED = 100_000
+#: a ``topic_only`` plugin's first run on a topic: its runner's emissions by topic, and where
+#: in the message's buffer its emissions start and end
+_FirstRun = tuple[dict[str, list[Emission]], int, int]
+
+
 class _Runner:
     """One plugin, wrapped: an Output checked against its declarations, writing into the
-    pipeline's buffer of a message's emissions."""
+    pipeline's buffer of a message's emissions; for a ``topic_only`` plugin, its emissions
+    by topic, repeated for the topic's later messages."""
 
-    __slots__ = ("ident", "out", "plugin", "process")
+    __slots__ = ("by_topic", "ident", "out", "plugin", "process")
 
     def __init__(
         self, plugin: Plugin, known: Mapping[SeriesKey, Series], buffer: list[Emission]
@@ -150,6 +159,7 @@ class _Runner:
         self.ident = type(plugin).ident
         self.out = Output(self.ident, {m.name: m for m in type(plugin).metrics}, known, buffer)
         self.process = plugin.process
+        self.by_topic: dict[str, list[Emission]] | None = {} if plugin.topic_only else None
 
 
 def _router(runners: Sequence[_Runner]) -> Router[_Runner]:
@@ -346,19 +356,32 @@ class Pipeline:
 
     def _run(self, runners: Iterable[_Runner], message: Message) -> None:
         """Each plugin on the message, isolated (a plugin that raises loses its emissions for
-        the message, cut off the shared buffer); their emissions aggregated."""
-        ts = message.epoch
+        the message, cut off the shared buffer); their emissions aggregated. A ``topic_only``
+        plugin's emissions for the topic are repeated once it has run on it."""
+        ts, topic = message.epoch, message.topic
         emitted = self._emitted
+        first: list[_FirstRun] = []
         for runner in runners:
+            by_topic = runner.by_topic
+            if by_topic is not None:
+                known = by_topic.get(topic)
+                if known is not None:
+                    emitted += known
+                    continue
             mark = len(emitted)
             try:
                 runner.process(message, runner.out)
             except Exception as exc:
                 del emitted[mark:]
                 self._plugin_failed(runner.ident, message, exc)
+                continue
+            if by_topic is not None:
+                first.append((by_topic, mark, len(emitted)))
         if emitted:
             try:
                 self.aggregator.add_all(emitted, ts, message.id)
+                if first:
+                    self._remember(topic, first)
             finally:
                 emitted.clear()
         newest = self.stats.newest_message
@@ -366,6 +389,18 @@ class Pipeline:
             self.stats.newest_message = ts
             if self._horizon is None or ts > self._horizon:
                 self._horizon = ts
+
+    def _remember(self, topic: str, first: list[_FirstRun]) -> None:
+        """The emissions of ``topic_only`` plugins on a topic's first message, each with its
+        series (all of them made by now, but an overflowed one's, which stays to look up)."""
+        series = self.aggregator.series
+        for by_topic, start, end in first:
+            if len(by_topic) >= TOPICS_REMEMBERED:
+                by_topic.clear()
+            by_topic[topic] = [
+                (m, labels, amount, s if s is not None else series.get((m.name, labels)))
+                for m, labels, amount, s in self._emitted[start:end]
+            ]
 
     def _flush_if_due(self) -> None:
         if (

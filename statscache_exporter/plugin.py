@@ -99,6 +99,12 @@ class Plugin:
     every message. A plugin whose options decide its topics overrides :meth:`reads` instead.
     A message whose topic matches none of them is never given to the plugin, so a pattern
     must cover every topic :meth:`process` counts anything for.
+
+    ``topic_only``: True when what :meth:`process` emits for a message follows from its topic
+    alone (and its category, which the topic gives): the pipeline then runs the plugin on the
+    first message of each topic and repeats those emissions for the topic's later messages
+    (the volume plugins by topic and category: a call and its checks less a message). False,
+    the default, runs it on every message.
     """
 
     ident: ClassVar[str]
@@ -109,6 +115,7 @@ class Plugin:
     Options: ClassVar[type] = NoOptions
     backlog_delta: ClassVar[timedelta | None] = None
     topics: ClassVar[tuple[str, ...] | None] = None
+    topic_only: ClassVar[bool] = False
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()

@@ -217,3 +217,64 @@ def test_a_bundled_plugin_counts_nothing_outside_its_topics(ident: str) -> None:
             outside += 1
             assert out == [], f"{ident} counts {topic}, which its patterns do not match"
     assert counted > 0 and outside > 0  # the check saw both kinds of message
+
+
+class PerTopic(Recorder):
+    """Counts by topic and in all, and says its emissions follow from the topic alone."""
+
+    ident = "rec_per_topic"
+    metrics = (
+        Counter("rec_per_topic", "given to rec_per_topic"),
+        Counter("rec_per_topic_by_topic", "given to rec_per_topic, by topic", ("topic",)),
+    )
+    topic_only = True
+
+    def process(self, message: Message, out: Output) -> None:
+        self.seen.append(message.topic)
+        if message.topic.endswith(".issues"):
+            raise ValueError("a topic it fails on")
+        out.inc("rec_per_topic")
+        out.inc("rec_per_topic_by_topic", 2, topic=message.topic)
+
+
+def test_a_topic_only_plugin_runs_once_a_topic_and_counts_every_message(open_store: Any) -> None:
+    """A ``topic_only`` plugin runs on the first message of each topic; its emissions count
+    for every later message of the topic (each one once, deduplicated as any). A topic it
+    raises on is not remembered: it runs on each of that topic's messages, each failure
+    counted."""
+    p = open_store(plugins={c.ident: c for c in (Recorder, PerTopic)})
+    Recorder.seen, PerTopic.seen = [], []
+    for n, topic in enumerate(TOPICS * 3):
+        assert p.handle(fedmsg(topic, n)) == "processed"
+    assert p.handle(fedmsg(TOPICS[0], 0)) == "duplicate"
+    p.flush()
+    failing = "io.pagure.prod.pagure.issues"
+    assert PerTopic.seen == [*TOPICS, failing, failing]
+    assert Recorder.seen == TOPICS * 3
+    assert p.stats.plugin_errors["rec_per_topic"] == 3
+    counted = [t for t in TOPICS if t != failing]
+    assert p.store.totals_by_metric("rec_per_topic") == {"{}": 3 * len(counted)}
+    assert p.store.totals_by_metric("rec_per_topic_by_topic") == {
+        json.dumps({"topic": t}, separators=(",", ":")): 6 for t in counted
+    }
+
+
+def test_the_volume_plugins_count_the_same_when_run_on_every_message(
+    open_store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bundled plugins that say ``topic_only`` (volume, by category, by topic) give the
+    same store, every bucket at every resolution and every total, as when they run on every
+    message: over the whole corpus, twice (the second time all duplicates)."""
+    only = {i for i, c in bundled().items() if c.topic_only}
+    assert only == {"volume", "volume_by_category", "volume_by_topic"}
+    dumps = []
+    for name, remembered in (("remembered.sqlite", True), ("every.sqlite", False)):
+        for ident in only:
+            monkeypatch.setattr(bundled()[ident], "topic_only", remembered)
+        p = open_store(name)
+        for raw in corpus_messages() * 2:
+            p.handle(json.loads(json.dumps(raw)))
+        p.flush()
+        dumps.append(p.store.counts.dump())
+    assert dumps[0] == dumps[1]
+    assert dumps[0]["totals"]  # the corpus counted something

@@ -16,6 +16,7 @@ class Volume(Plugin):
     summary = "Messages on the bus"
     description = "Every message the exporter processed, once."
     metrics = (Counter("messages", "Messages processed"),)
+    topic_only = True
 
     def process(self, message: Message, out: Output) -> None:
         out.inc("messages")
@@ -30,6 +31,7 @@ class VolumeByCategory(Plugin):
         "(org.fedoraproject.prod.bodhi.update.comment → bodhi), else the topic's first part."
     )
     metrics = (Counter("messages_by_category", "Messages per category", ("category",)),)
+    topic_only = True  # the category is the topic's
 
     def process(self, message: Message, out: Output) -> None:
         if message.category:
@@ -41,6 +43,7 @@ class VolumeByTopic(Plugin):
     name = "Volume by topic"
     summary = "Messages per full topic"
     metrics = (Counter("messages_by_topic", "Messages per topic", ("topic",)),)
+    topic_only = True
 
     def process(self, message: Message, out: Output) -> None:
         out.inc("messages_by_topic", topic=message.topic)
