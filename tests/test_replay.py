@@ -213,7 +213,9 @@ def test_sigkill_mid_replay_then_restart_ends_with_exact_totals(tmp_path: Path) 
         deadline = time.monotonic() + 120
         while proc.poll() is None and seen_count(crashed) < target and time.monotonic() < deadline:
             time.sleep(0.01)
-        time.sleep(rng.uniform(0, 0.3))  # and somewhere between two flushes
+        # and somewhere between two flushes (700 messages: ~25 ms at today's speed); a longer
+        # wait let a fast replay run to its end before the kill (the four runs must not reach n)
+        time.sleep(rng.uniform(0, 0.05))
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             kills += 1
