@@ -29,7 +29,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -47,7 +46,8 @@ from statscache_exporter.datagrepper import (
     Datagrepper,
     DatagrepperError,
     Item,
-    item_key,
+    bounds,
+    joined,
 )
 from statscache_exporter.plugin import Plugin
 from statscache_exporter.sources.backoff import Backoff
@@ -493,7 +493,7 @@ class _Reader:
     def open(self, index: int, window: Range) -> _Window:
         """Queue a window's first span: the whole window."""
         w = _Window(index, window, _Linked(self.abort), self.backfill._backoff())
-        lo, hi = max(_micro(window.start), 1), _micro(window.end)
+        lo, hi = bounds(window.start, window.end)
         if lo >= hi:  # nothing after the epoch's first microsecond (see datagrepper.py)
             w.items = []
             return w
@@ -567,7 +567,7 @@ class _Reader:
             self._queue(w, rest)
             w.outstanding -= 1
             if not w.outstanding:
-                self._finish(w, attempt, items=_joined(w.parts))
+                self._finish(w, attempt, items=joined(w.parts[lo] for lo in sorted(w.parts)))
 
     def _finish(
         self,
@@ -617,7 +617,7 @@ class _Reader:
             return
         with self.cond:
             if not w.done():
-                self._queue(w, [(max(_micro(w.range.start), 1), _micro(w.range.end))])
+                self._queue(w, [bounds(w.range.start, w.range.end)])
 
 
 def _read_span(
@@ -636,16 +636,7 @@ def _read_span(
     try:
         page = client.page(lo, hi, 1, client.rows_per_page)
     except DatagrepperError as exc:
-        if exc.status not in TIMEOUT_STATUSES or hi - lo <= US:
-            raise
-        client.split(lo, hi)
-        log.info(
-            "datagrepper %s gave HTTP %s for %.0f s, asking for its halves",
-            client.url,
-            exc.status,
-            (hi - lo) / US,
-        )
-        half = lo + (hi - lo) // 2
+        half = client.halved(exc, lo, hi)
         return [], [(lo, half), (half, hi)]
     cursor, _, taken = client.advance(lo, hi, page.items, stop)
     if cursor >= hi:
@@ -683,20 +674,6 @@ def _cut(lo: int, hi: int, n: int) -> list[tuple[int, int]]:
     cuts = {(lo + (hi - lo) * j // n) // US * US for j in range(1, n)}
     bounds = [lo, *sorted(c for c in cuts if lo < c < hi), hi]
     return list(itertools.pairwise(bounds))
-
-
-def _joined(parts: dict[int, list[Item]]) -> list[Item]:
-    """A window's items from its spans' (disjoint, by start): each ``msg_id`` once (the first
-    row wins, as in datagrepper.py), in timestamp order."""
-    found: dict[str, Item] = {}
-    for lo in sorted(parts):
-        for item in parts[lo]:
-            found.setdefault(item_key(item), item)
-    return sorted(found.values(), key=lambda i: math.floor(i["timestamp"]))
-
-
-def _micro(seconds: float) -> int:
-    return round(seconds * US)
 
 
 class DatanommerBackfill:

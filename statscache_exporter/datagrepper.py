@@ -154,7 +154,7 @@ class Datagrepper:
         epoch seconds, each once, in timestamp order (none when ``end <= start``). Raises
         :class:`DatagrepperError`, or :class:`Cancelled` when ``stop`` is set between two
         requests."""
-        lo, hi = max(_micro(start), 1), _micro(end)
+        lo, hi = bounds(start, end)
         found: dict[str, Item] = {}
         longest = _micro(self.max_span)
         cursor, ceiling, calm = lo, longest, 0
@@ -172,7 +172,7 @@ class Datagrepper:
             cursor, span, taken = self.advance(cursor, upper, items, stop)
             span = min(span, ceiling)
             _collect(found, taken)
-        return sorted(found.values(), key=_second_of)
+        return in_order(found)
 
     def advance(
         self, cursor: int, upper: int, items: list[Item], stop: threading.Event | None
@@ -195,18 +195,25 @@ class Datagrepper:
         try:
             return self.page(lo, hi, 1, self.rows_per_page).items, hi
         except DatagrepperError as exc:
-            if exc.status not in TIMEOUT_STATUSES or hi - lo <= US:
-                raise
-            half = lo + (hi - lo) // 2
-            self.split(lo, hi)
-            log.info(
-                "datagrepper %s gave HTTP %s for %.0f s, asking for %.0f s",
-                self.url,
-                exc.status,
-                (hi - lo) / US,
-                (half - lo) / US,
-            )
+            half = self.halved(exc, lo, hi)
             return self.page(lo, half, 1, self.rows_per_page).items, half
+
+    def halved(self, exc: DatagrepperError, lo: int, hi: int) -> int:
+        """Where to cut ``[lo, hi)`` in two after its page 1 failed with ``exc``: a 502/504
+        (a query that took too long) on a span longer than a second is asked for in halves
+        (counted by :meth:`split`, logged); any other failure is raised again."""
+        if exc.status not in TIMEOUT_STATUSES or hi - lo <= US:
+            raise exc
+        half = lo + (hi - lo) // 2
+        self.split(lo, hi)
+        log.info(
+            "datagrepper %s gave HTTP %s for %.0f s, asking for halves of %.0f s",
+            self.url,
+            exc.status,
+            (hi - lo) / US,
+            (half - lo) / US,
+        )
+        return half
 
     def split(self, lo: int, hi: int) -> None:
         """Told when the span ``[lo, hi)`` (microseconds) is asked for again in halves; a hook
@@ -389,6 +396,28 @@ def _row_key(item: Item) -> str:
 def _collect(found: dict[str, Item], items: Iterable[Item]) -> None:
     for item in items:
         found.setdefault(item_key(item), item)
+
+
+def joined(parts: Iterable[Iterable[Item]]) -> list[Item]:
+    """The items of a window's parts (read apart, e.g. the backfill's spans), each once (by
+    :func:`item_key`, the first row wins), in timestamp order: what :meth:`Datagrepper.window`
+    gives of the same rows."""
+    found: dict[str, Item] = {}
+    for items in parts:
+        _collect(found, items)
+    return in_order(found)
+
+
+def in_order(found: Mapping[str, Item]) -> list[Item]:
+    """Collected items in timestamp order (by whole second: the order within one is
+    datagrepper's own)."""
+    return sorted(found.values(), key=_second_of)
+
+
+def bounds(start: float, end: float) -> tuple[int, int]:
+    """``[start, end)`` in microseconds as the window reads it: from the epoch's first
+    microsecond at the earliest (see the module doc)."""
+    return max(_micro(start), 1), _micro(end)
 
 
 def _pass_sizes(rows_per_page: int, passes: int) -> Sequence[int]:
