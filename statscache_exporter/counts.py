@@ -104,11 +104,6 @@ def _values_sql(head: str, columns: int, rows: int) -> str:
     return f"{head} VALUES {','.join([row] * rows)}"
 
 
-@cache
-def _keyed_sql(upsert: tuple[str, str], columns: int, rows: int) -> str:
-    return _values_sql(upsert[0], columns, rows) + upsert[1]
-
-
 def statement_sizes(rows: int, per: int) -> Iterator[int]:
     """How many rows each statement of an insert of ``rows`` takes: ``per`` while they last,
     then the rest as powers of two (largest first). So an insert only ever prepares one of
@@ -137,15 +132,23 @@ def insert_rows(
 
 
 def insert_flat(
-    db: sqlite3.Connection, head: str, columns: int, values: list[Any], tail: str = ""
+    db: sqlite3.Connection,
+    head: str,
+    columns: int,
+    values: list[Any],
+    tail: str = "",
+    first: Sequence[Any] = (),
 ) -> list[Any]:
     """:func:`insert_rows` of rows given one after the other in one list of ``columns``
-    values a row (what the statements bind, without a tuple a row on the way)."""
+    values a row (what the statements bind, without a tuple a row on the way); ``first``:
+    parameters each statement binds before its rows (``?1``, ... in ``head``)."""
     returned: list[Any] = []
     i = 0
-    for size in statement_sizes(len(values) // columns, PARAMETERS_PER_STATEMENT // columns):
+    per = (PARAMETERS_PER_STATEMENT - len(first)) // columns
+    for size in statement_sizes(len(values) // columns, per):
         sql = _values_sql(head, columns, size) + tail
-        returned += db.execute(sql, values[i : i + size * columns]).fetchall()
+        rows = values[i : i + size * columns]
+        returned += db.execute(sql, [*first, *rows] if first else rows).fetchall()
         i += size * columns
     return returned
 
@@ -154,12 +157,9 @@ def upsert_level(
     db: sqlite3.Connection, upsert: tuple[str, str], res: int, columns: int, values: list[Any]
 ) -> None:
     """One resolution's buckets (``values``: rows of ``columns`` values one after the other,
-    each a bucket key then its values) through ``upsert`` (``_UPSERT_*``), in statements of
-    :func:`statement_sizes`, each binding ``res`` first."""
-    i = 0
-    for size in statement_sizes(len(values) // columns, (PARAMETERS_PER_STATEMENT - 1) // columns):
-        db.execute(_keyed_sql(upsert, columns, size), [res, *values[i : i + size * columns]])
-        i += size * columns
+    each a bucket key then its values) through ``upsert`` (``_UPSERT_*``), each statement
+    binding ``res`` first."""
+    insert_flat(db, upsert[0], columns, values, upsert[1], (res,))
 
 
 def labels_json(series: Series) -> str:
