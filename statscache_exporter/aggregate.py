@@ -251,7 +251,7 @@ def _by_name(
 
 
 def _split(key: BucketId, slots: Sequence[Series | None]) -> tuple[int, Series]:
-    start, slot = divmod(key, SLOTS)
+    slot, start = split_key(key)
     s = slots[slot]
     assert s is not None, f"no series in slot {slot}"
     return start, s
